@@ -1,0 +1,137 @@
+"""The admin API the CLI speaks to the control plane over NATS request/reply.
+
+Each operation has a request model and a reply model; the subject is
+``shoal.v1.admin.<op>``. A refused request gets an :class:`ErrorReply`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from protocol.messages import WireMessage
+from protocol.models import BundleSpec, ClusterGroup
+from protocol.states import State
+
+
+class TokenCreate(WireMessage):
+    KIND: ClassVar[str] = "token_create"
+    OP: ClassVar[str] = "token.create"
+    ttl_seconds: float
+    description: str = ""
+
+
+class TokenCreated(WireMessage):
+    KIND: ClassVar[str] = "token_created"
+    token: str
+    expires_at: float
+
+
+class BundleApply(WireMessage):
+    """Apply a bundle whose resources are already in the blob store under ``manifest_id``."""
+
+    KIND: ClassVar[str] = "bundle_apply"
+    OP: ClassVar[str] = "bundle.apply"
+    spec: BundleSpec
+    manifest_id: str
+
+
+class BundleApplied(WireMessage):
+    KIND: ClassVar[str] = "bundle_applied"
+    name: str
+    manifest_id: str
+    changed: bool
+    deployment_ids: tuple[str, ...] = ()
+    published: int = 0
+
+
+class BundleDelete(WireMessage):
+    KIND: ClassVar[str] = "bundle_delete"
+    OP: ClassVar[str] = "bundle.delete"
+    name: str
+
+
+class BundleDeleted(WireMessage):
+    KIND: ClassVar[str] = "bundle_deleted"
+    name: str
+    published: int = 0
+
+
+class BundleList(WireMessage):
+    KIND: ClassVar[str] = "bundle_list"
+    OP: ClassVar[str] = "bundle.list"
+
+
+class BundleSummary(WireMessage):
+    KIND: ClassVar[str] = "bundle_summary"
+    name: str
+    deployment_id: str
+    deployment_ids: tuple[str, ...] = ()
+    targeted: int = 0
+    states: dict[State, int] = Field(default_factory=dict)
+    updated_at: float = 0.0
+
+
+class BundleListReply(WireMessage):
+    KIND: ClassVar[str] = "bundle_list_reply"
+    bundles: tuple[BundleSummary, ...] = ()
+
+
+class ClusterList(WireMessage):
+    KIND: ClassVar[str] = "cluster_list"
+    OP: ClassVar[str] = "cluster.list"
+
+
+class ClusterSummary(WireMessage):
+    KIND: ClassVar[str] = "cluster_summary"
+    id: str
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    class_id: str = ""
+    bundles: dict[str, State] = Field(default_factory=dict)
+    offline: bool = False
+    last_seen: float | None = None
+
+
+class ClusterListReply(WireMessage):
+    KIND: ClassVar[str] = "cluster_list_reply"
+    clusters: tuple[ClusterSummary, ...] = ()
+
+
+class GroupSet(WireMessage):
+    KIND: ClassVar[str] = "group_set"
+    OP: ClassVar[str] = "group.set"
+    group: ClusterGroup
+
+
+class GroupDelete(WireMessage):
+    KIND: ClassVar[str] = "group_delete"
+    OP: ClassVar[str] = "group.delete"
+    name: str
+
+
+class GroupList(WireMessage):
+    KIND: ClassVar[str] = "group_list"
+    OP: ClassVar[str] = "group.list"
+
+
+class GroupListReply(WireMessage):
+    KIND: ClassVar[str] = "group_list_reply"
+    groups: tuple[ClusterGroup, ...] = ()
+
+
+class Stats(WireMessage):
+    """Counters of the control plane, for tests, benchmarks and ``shoal stats``."""
+
+    KIND: ClassVar[str] = "stats"
+    OP: ClassVar[str] = "stats"
+
+
+class StatsReply(WireMessage):
+    KIND: ClassVar[str] = "stats_reply"
+    counters: dict[str, int] = Field(default_factory=dict)
+
+
+class Ok(WireMessage):
+    KIND: ClassVar[str] = "ok"
