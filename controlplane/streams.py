@@ -1,0 +1,113 @@
+"""JetStream streams, KV buckets and the object store shoal uses; created idempotently.
+
+=================  ==========================================================
+name               holds
+=================  ==========================================================
+SHOAL_DESIRED      schema and desired state, last message per subject; agents
+                   read it with direct gets, so no consumer exists per agent
+SHOAL_STATUS       the last status report of every cluster
+shoal-tokens       registration tokens by sha256 of the token
+shoal-clusters     the cluster registry
+shoal-bundles      bundle specs and their manifest IDs
+shoal-groups       cluster groups
+shoal-blobs        bundle resources by manifest ID (object store)
+=================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from protocol import subjects
+
+TOKENS_BUCKET = "shoal-tokens"
+CLUSTERS_BUCKET = "shoal-clusters"
+BUNDLES_BUCKET = "shoal-bundles"
+GROUPS_BUCKET = "shoal-groups"
+
+
+def desired_stream(replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=subjects.DESIRED_STREAM,
+        subjects=[subjects.SCHEMA, subjects.DESIRED_ALL, subjects.CLUSTER_DESIRED_ALL],
+        retention=RetentionPolicy.LIMITS,
+        max_msgs_per_subject=1,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        allow_direct=True,
+        discard=DiscardPolicy.OLD,
+    )
+
+
+def status_stream(replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=subjects.STATUS_STREAM,
+        subjects=[subjects.STATUS_ALL],
+        retention=RetentionPolicy.LIMITS,
+        max_msgs_per_subject=1,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        allow_direct=True,
+        discard=DiscardPolicy.OLD,
+    )
+
+
+@dataclass
+class Stores:
+    tokens: KeyValue
+    clusters: KeyValue
+    bundles: KeyValue
+    groups: KeyValue
+    blobs: ObjectStore
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+    else:
+        await js.update_stream(config)
+
+
+async def _kv(js: JetStreamContext, bucket: str, replicas: int) -> KeyValue:
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas)
+        )
+
+
+async def ensure(js: JetStreamContext, *, replicas: int = 1) -> Stores:
+    """Create or update everything shoal needs; safe to call on every start."""
+    await _ensure_stream(js, desired_stream(replicas))
+    await _ensure_stream(js, status_stream(replicas))
+    try:
+        blobs = await js.object_store(subjects.BLOB_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        blobs = await js.create_object_store(
+            subjects.BLOB_BUCKET,
+            ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas),
+        )
+    return Stores(
+        tokens=await _kv(js, TOKENS_BUCKET, replicas),
+        clusters=await _kv(js, CLUSTERS_BUCKET, replicas),
+        bundles=await _kv(js, BUNDLES_BUCKET, replicas),
+        groups=await _kv(js, GROUPS_BUCKET, replicas),
+        blobs=blobs,
+    )
