@@ -9,6 +9,12 @@ value becomes ``*`` (which no selector can name, since it is not a valid label
 value). Clusters with equal projections share a class however many other
 labels they carry, and every selector gives the same answer for all of them.
 
+Targets by cluster name are handled the same way: the names that targets
+mention are one more key of the schema (``NAME_KEY``, which is not a valid
+label key, so it cannot collide), so a named cluster falls into a class of its
+own and every target feature (customisation, ``doNotDeploy``) works for it
+unchanged.
+
 Both sides compute classes with these functions. The control plane publishes
 the schema; an agent projects its own labels onto it, so a schema change costs
 one publish per (class, bundle), never one per cluster.
@@ -25,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocol.selectors import LabelSelector
 
 OTHER_VALUE = "*"
+NAME_KEY = "@name"
 _CLASS_ID_HEX = 16
 
 Projection = tuple[tuple[str, str | None], ...]
@@ -42,8 +49,14 @@ class ClassSchema(BaseModel):
         return self.keys == other.keys
 
 
-def schema_from_selectors(selectors: Iterable[LabelSelector], *, epoch: int) -> ClassSchema:
+def schema_from_selectors(
+    selectors: Iterable[LabelSelector], *, names: Iterable[str] = (), epoch: int
+) -> ClassSchema:
+    """The schema for a set of selectors and the cluster names targets mention."""
     merged: dict[str, set[str]] = {}
+    named = set(names)
+    if named:
+        merged[NAME_KEY] = named
     for selector in selectors:
         for key, values in selector.mentioned_values().items():
             merged.setdefault(key, set()).update(values)
@@ -51,7 +64,13 @@ def schema_from_selectors(selectors: Iterable[LabelSelector], *, epoch: int) -> 
     return ClassSchema(epoch=epoch, keys=keys)
 
 
+def class_labels(name: str, labels: Mapping[str, str]) -> dict[str, str]:
+    """A cluster's labels plus its name under ``NAME_KEY``: what classes project."""
+    return {**labels, NAME_KEY: name}
+
+
 def project(labels: Mapping[str, str], schema: ClassSchema) -> Projection:
+    """Project ``class_labels(name, labels)`` onto the schema."""
     out: list[tuple[str, str | None]] = []
     for key, values in schema.keys.items():
         value = labels.get(key)
@@ -67,10 +86,23 @@ def class_id(projection: Projection) -> str:
     return hashlib.sha256(encoded).hexdigest()[:_CLASS_ID_HEX]
 
 
-def class_of(labels: Mapping[str, str], schema: ClassSchema) -> str:
-    return class_id(project(labels, schema))
+def class_of(name: str, labels: Mapping[str, str], schema: ClassSchema) -> str:
+    """The class of the cluster called ``name`` with ``labels``."""
+    return class_id(project(class_labels(name, labels), schema))
 
 
 def representative_labels(projection: Projection) -> dict[str, str]:
-    """Labels that stand for every cluster of a class when evaluating selectors."""
-    return {key: value for key, value in projection if value is not None}
+    """Labels that stand for every cluster of a class when evaluating selectors.
+
+    The class's cluster name, when the schema distinguishes one, is under
+    ``NAME_KEY``; see :func:`representative_name`.
+    """
+    return {key: value for key, value in projection if value is not None and key != NAME_KEY}
+
+
+def representative_name(projection: Projection) -> str | None:
+    """The cluster name a class stands for, or ``None`` if it is not a named class."""
+    for key, value in projection:
+        if key == NAME_KEY and value not in (None, OTHER_VALUE):
+            return value
+    return None
