@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from protocol import admin, messages
 from protocol.errors import DecodeError
+from protocol.ids import canonical_resources
 from protocol.messages import WireMessage
 from protocol.models import BundleResource
 
@@ -83,8 +84,6 @@ def decode(data: bytes, expected: type[M]) -> M:
 
 def encode_resources(resources: list[BundleResource]) -> bytes:
     """The blob stored under a manifest ID; see :func:`protocol.ids.canonical_resources`."""
-    from protocol.ids import canonical_resources
-
     return canonical_resources(resources)
 
 

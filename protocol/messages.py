@@ -26,9 +26,7 @@ class SchemaMessage(WireMessage):
     """The class schema; published on ``shoal.v1.schema``."""
 
     KIND: ClassVar[str] = "schema"
-    schema_: ClassSchema = Field(alias="schema")
-
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    class_schema: ClassSchema
 
 
 class DesiredBundle(WireMessage):

@@ -126,9 +126,7 @@ class BundleTarget(TargetOverrides):
     cluster_selector: LabelSelector | None = Field(default=None, alias="clusterSelector")
     cluster_name: str = Field(default="", alias="clusterName")
     cluster_group: str = Field(default="", alias="clusterGroup")
-    cluster_group_selector: LabelSelector | None = Field(
-        default=None, alias="clusterGroupSelector"
-    )
+    cluster_group_selector: LabelSelector | None = Field(default=None, alias="clusterGroupSelector")
 
     def has_criteria(self) -> bool:
         return bool(
@@ -156,9 +154,7 @@ class BundleTarget(TargetOverrides):
                 return False
         if self.cluster_group_selector is not None:
             selector = self.cluster_group_selector
-            if not any(
-                selector.matches(g.labels) and g.contains(labels) for g in groups.values()
-            ):
+            if not any(selector.matches(g.labels) and g.contains(labels) for g in groups.values()):
                 return False
         return self.cluster_selector is None or self.cluster_selector.matches(labels)
 

@@ -24,7 +24,7 @@ _VALUE_RE = re.compile(rf"^({_NAME})?$")
 
 
 def validate_label_key(key: str) -> str:
-    if not _KEY_RE.match(key) or len(key.split("/")[0]) > 253:
+    if not _KEY_RE.match(key) or len(key.split("/", maxsplit=1)[0]) > 253:
         raise InvalidNameError(
             f"invalid label key {key!r}: want an optional DNS prefix and '/', then up to "
             "63 characters of letters, digits, '-', '_' or '.', starting and ending "

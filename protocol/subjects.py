@@ -102,5 +102,6 @@ def parse_desired_subject(subject: str) -> str:
         raise DecodeError(f"malformed desired-state subject {subject!r}")
     return bundle
 
+
 # JetStream object store holding bundle resources, keyed by manifest ID.
 BLOB_BUCKET = "shoal-blobs"

@@ -1,0 +1,162 @@
+"""Request/reply endpoints: agent registration and hello, and the admin API.
+
+Every handler decodes its request with the protocol codec, calls into
+:class:`~controlplane.fleet.Fleet`, and replies with a protocol message. A
+refused request gets an :class:`ErrorReply` with a stable ``code``; a request
+that cannot be decoded is counted and answered with code ``bad_request``;
+nothing a client sends can crash the control plane.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from controlplane.errors import RequestRejected
+from controlplane.fleet import Fleet
+from protocol import admin, codec, subjects
+from protocol.errors import DecodeError
+from protocol.messages import (
+    ErrorReply,
+    HelloReply,
+    HelloRequest,
+    RegisterReply,
+    RegisterRequest,
+    WireMessage,
+)
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[bytes, str], Awaitable[WireMessage]]
+
+
+class Api:
+    def __init__(self, nc: Client, fleet: Fleet, counters: Counter[str]) -> None:
+        self._nc = nc
+        self._fleet = fleet
+        self.counters = counters
+        self.handlers: dict[str, Handler] = {
+            subjects.REGISTER: self.register,
+            admin.TokenCreate.OP: self.token_create,
+            admin.BundleApply.OP: self.bundle_apply,
+            admin.BundleDelete.OP: self.bundle_delete,
+            admin.BundleList.OP: self.bundle_list,
+            admin.ClusterList.OP: self.cluster_list,
+            admin.GroupSet.OP: self.group_set,
+            admin.GroupDelete.OP: self.group_delete,
+            admin.GroupList.OP: self.group_list,
+            admin.Stats.OP: self.stats,
+        }
+
+    async def start(self) -> None:
+        await self._nc.subscribe(subjects.REGISTER, queue="shoal-api", cb=self._dispatch)
+        await self._nc.subscribe(subjects.admin(">"), queue="shoal-api", cb=self._dispatch)
+        await self._nc.subscribe(
+            f"{subjects.PREFIX}.agent.*.hello", queue="shoal-api", cb=self._dispatch
+        )
+
+    async def _dispatch(self, msg: Msg) -> None:
+        if not msg.reply:
+            self.counters["requests_without_reply"] += 1
+            return
+        subject = msg.subject
+        if subject.endswith(".hello"):
+            handler: Handler | None = self.hello
+        elif subject == subjects.REGISTER:
+            handler = self.register
+        else:
+            handler = self.handlers.get(subject.removeprefix(f"{subjects.PREFIX}.admin."))
+        try:
+            if handler is None:
+                raise RequestRejected(f"unknown operation {subject!r}")
+            reply = await handler(msg.data, subject)
+        except DecodeError as exc:
+            self.counters["requests_malformed"] += 1
+            log.warning("api.request.malformed", subject=subject, error=str(exc))
+            reply = ErrorReply(code="bad_request", error=f"malformed request on {subject}: {exc}")
+        except RequestRejected as exc:
+            self.counters["requests_rejected"] += 1
+            log.info("api.request.rejected", subject=subject, code=exc.code, error=str(exc))
+            reply = ErrorReply(code=exc.code, error=str(exc))
+        except Exception as exc:  # a bug or a bus failure: report it, keep serving
+            self.counters["requests_failed"] += 1
+            log.exception("api.request.failed", subject=subject)
+            reply = ErrorReply(code="internal", error=f"{type(exc).__name__}: {exc}")
+        else:
+            self.counters["requests_ok"] += 1
+        await self._nc.publish(msg.reply, codec.encode(reply))
+
+    # -- agents --------------------------------------------------------------
+
+    async def register(self, data: bytes, subject: str) -> WireMessage:
+        request = codec.decode(data, RegisterRequest)
+        record, secret = await self._fleet.register(
+            token=request.token,
+            name=request.name,
+            labels=request.labels,
+            annotations=request.annotations,
+        )
+        return RegisterReply(cluster_id=record.id, secret=secret, shard=record.stored.shard)
+
+    async def hello(self, data: bytes, subject: str) -> WireMessage:
+        request = codec.decode(data, HelloRequest)
+        cluster_id = subject.split(".")[3]
+        record = await self._fleet.hello(
+            cluster_id,
+            secret=request.secret,
+            labels=request.labels,
+            annotations=request.annotations,
+        )
+        return HelloReply(name=record.name, shard=record.stored.shard)
+
+    # -- admin ---------------------------------------------------------------
+
+    async def token_create(self, data: bytes, subject: str) -> WireMessage:
+        request = codec.decode(data, admin.TokenCreate)
+        if request.ttl_seconds <= 0:
+            raise RequestRejected("token TTL must be positive")
+        token, expires_at = await self._fleet.tokens.create(
+            ttl_seconds=request.ttl_seconds, description=request.description
+        )
+        log.info("token.created", expires_at=expires_at)
+        return admin.TokenCreated(token=token, expires_at=expires_at)
+
+    async def bundle_apply(self, data: bytes, subject: str) -> WireMessage:
+        return await self._fleet.apply_bundle(codec.decode(data, admin.BundleApply))
+
+    async def bundle_delete(self, data: bytes, subject: str) -> WireMessage:
+        return await self._fleet.delete_bundle(codec.decode(data, admin.BundleDelete).name)
+
+    async def bundle_list(self, data: bytes, subject: str) -> WireMessage:
+        codec.decode(data, admin.BundleList)
+        return admin.BundleListReply(bundles=tuple(self._fleet.bundle_summaries()))
+
+    async def cluster_list(self, data: bytes, subject: str) -> WireMessage:
+        codec.decode(data, admin.ClusterList)
+        return admin.ClusterListReply(clusters=tuple(self._fleet.cluster_summaries()))
+
+    async def group_set(self, data: bytes, subject: str) -> WireMessage:
+        await self._fleet.set_group(codec.decode(data, admin.GroupSet).group)
+        return admin.Ok()
+
+    async def group_delete(self, data: bytes, subject: str) -> WireMessage:
+        await self._fleet.delete_group(codec.decode(data, admin.GroupDelete).name)
+        return admin.Ok()
+
+    async def group_list(self, data: bytes, subject: str) -> WireMessage:
+        codec.decode(data, admin.GroupList)
+        groups = tuple(self._fleet.groups[name] for name in sorted(self._fleet.groups))
+        return admin.GroupListReply(groups=groups)
+
+    async def stats(self, data: bytes, subject: str) -> WireMessage:
+        codec.decode(data, admin.Stats)
+        counters = dict(self.counters)
+        counters["desired_publishes"] = self._fleet.publisher.publishes
+        counters["clusters"] = len(self._fleet.registry)
+        counters["classes"] = len(self._fleet.registry.classes)
+        counters["bundles"] = len(self._fleet.bundles)
+        return admin.StatsReply(counters=counters)

@@ -1,0 +1,318 @@
+"""The control plane's model of the fleet, and every change to it.
+
+:class:`Fleet` holds the registry, bundles, groups, the desired map per
+(class, bundle) and the status book, and is the one place that changes them.
+Changes that can alter targeting (a bundle, a group, a cluster joining a new
+class, a label change) end in :meth:`Fleet.retarget`, which recomputes the
+schema and the desired map per class and lets the publisher send only the
+differences. Request handlers and ingest call into this; nothing else mutates
+it. All methods run on one event loop; ``retarget`` is serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import structlog
+from nats.js.errors import KeyNotFoundError, NoKeysError, ObjectNotFoundError
+
+from controlplane import sources
+from controlplane.errors import AuthError, BundleInvalid, NotFound
+from controlplane.publisher import DesiredPublisher, Key
+from controlplane.registry import ClusterRecord, Registry, StoredCluster, secret_digest, shard_of
+from controlplane.settings import ServerSettings
+from controlplane.status import Liveness, StatusBook
+from controlplane.streams import Stores
+from controlplane.targeting import BundleRecord, Resolved, compute_schema, resolve_class
+from controlplane.tokens import Tokens
+from protocol import admin, codec, ids
+from protocol.errors import DecodeError, InvalidNameError
+from protocol.messages import Heartbeat, StatusReport
+from protocol.models import ClusterGroup, validate_cluster_name
+from protocol.selectors import validate_labels
+
+log = structlog.get_logger(__name__)
+
+CLUSTER_ID_BYTES = 8
+SECRET_BYTES = 24
+
+
+class Fleet:
+    def __init__(
+        self, stores: Stores, publisher: DesiredPublisher, settings: ServerSettings
+    ) -> None:
+        self._stores = stores
+        self._settings = settings
+        self.publisher = publisher
+        self.tokens = Tokens(stores.tokens)
+        self.registry = Registry(stores.clusters)
+        self.bundles: dict[str, BundleRecord] = {}
+        self.groups: dict[str, ClusterGroup] = {}
+        self.desired: dict[Key, Resolved] = {}
+        self.status = StatusBook()
+        self.liveness = Liveness(settings.heartbeat_timeout)
+        self.started_at = time.time()
+        self._lock = asyncio.Lock()
+
+    # -- loading -------------------------------------------------------------
+
+    async def load(self) -> None:
+        for bucket, sink in ((self._stores.bundles, "bundles"), (self._stores.groups, "groups")):
+            try:
+                keys = await bucket.keys()
+            except NoKeysError:
+                continue
+            for key in keys:
+                try:
+                    entry = await bucket.get(key)
+                except KeyNotFoundError:
+                    continue
+                if not entry.value:
+                    continue
+                if sink == "bundles":
+                    record = BundleRecord.model_validate_json(entry.value)
+                    self.bundles[record.spec.name] = record
+                else:
+                    group = ClusterGroup.model_validate_json(entry.value)
+                    self.groups[group.name] = group
+        await self.registry.load()
+        await self.publisher.load()
+        if self.publisher.schema is not None:
+            self.registry.set_schema(self.publisher.schema)
+        now = time.time()
+        for cluster in self.registry:
+            self.liveness.seen(cluster.id, now + self._settings.startup_grace)
+        log.info(
+            "fleet.loaded",
+            bundles=len(self.bundles),
+            groups=len(self.groups),
+            clusters=len(self.registry),
+        )
+
+    # -- targeting -----------------------------------------------------------
+
+    async def retarget(self) -> int:
+        """Recompute classes and desired state; publish what changed."""
+        async with self._lock:
+            old = self.registry.schema
+            schema = compute_schema(self.bundles.values(), self.groups, epoch=old.epoch)
+            if schema.keys != old.keys:
+                schema = schema.model_copy(update={"epoch": old.epoch + 1})
+                self.registry.set_schema(schema)
+            else:
+                schema = old
+            bundles = list(self.bundles.values())
+            desired: dict[Key, Resolved] = {}
+            for label_class in self.registry.classes.values():
+                for bundle, resolved in resolve_class(
+                    label_class.projection, bundles, self.groups
+                ).items():
+                    desired[(label_class.id, bundle)] = resolved
+            self.desired = desired
+            live = set(self.registry.classes)
+            published = await self.publisher.sync(desired, live_classes=live, schema=schema)
+            await self.publisher.purge_orphans(live_classes=live)
+            if published:
+                log.info("fleet.retargeted", published=published, classes=len(live))
+            return published
+
+    # -- bundles -------------------------------------------------------------
+
+    async def apply_bundle(self, request: admin.BundleApply) -> admin.BundleApplied:
+        spec = request.spec
+        try:
+            blob = await self._stores.blobs.get(request.manifest_id)
+        except ObjectNotFoundError:
+            raise BundleInvalid(
+                f"bundle {spec.name!r}: resources {request.manifest_id} were not uploaded"
+            ) from None
+        data = blob.data or b""
+        if ids.manifest_id_of_blob(data) != request.manifest_id:
+            raise BundleInvalid(f"bundle {spec.name!r}: resources do not match their digest")
+        try:
+            resources = codec.decode_resources(data)
+        except DecodeError as exc:
+            raise BundleInvalid(f"bundle {spec.name!r}: unreadable resources: {exc}") from exc
+        sources.validate(resources, origin=spec.name)
+        for group in {t.cluster_group for t in spec.targets if t.cluster_group}:
+            if group not in self.groups:
+                log.warning("bundle.target.unknown_group", bundle=spec.name, group=group)
+        old = self.bundles.get(spec.name)
+        changed = old is None or old.spec != spec or old.manifest_id != request.manifest_id
+        published = 0
+        if changed:
+            now = time.time()
+            record = BundleRecord(
+                spec=spec,
+                manifest_id=request.manifest_id,
+                created_at=old.created_at if old else now,
+                updated_at=now,
+            )
+            await self._stores.bundles.put(spec.name, record.model_dump_json().encode())
+            self.bundles[spec.name] = record
+            published = await self.retarget()
+        deployments = sorted(
+            {r.deployment_id for (_, b), r in self.desired.items() if b == spec.name}
+        )
+        log.info("bundle.applied", bundle=spec.name, changed=changed, published=published)
+        return admin.BundleApplied(
+            name=spec.name,
+            manifest_id=request.manifest_id,
+            changed=changed,
+            deployment_ids=tuple(deployments),
+            published=published,
+        )
+
+    async def delete_bundle(self, name: str) -> admin.BundleDeleted:
+        if name not in self.bundles:
+            raise NotFound(f"no bundle named {name!r}")
+        await self._stores.bundles.delete(name)
+        del self.bundles[name]
+        published = await self.retarget()
+        log.info("bundle.deleted", bundle=name, published=published)
+        return admin.BundleDeleted(name=name, published=published)
+
+    async def set_group(self, group: ClusterGroup) -> None:
+        await self._stores.groups.put(group.name, group.model_dump_json().encode())
+        self.groups[group.name] = group
+        await self.retarget()
+
+    async def delete_group(self, name: str) -> None:
+        if name not in self.groups:
+            raise NotFound(f"no cluster group named {name!r}")
+        await self._stores.groups.delete(name)
+        del self.groups[name]
+        await self.retarget()
+
+    # -- clusters ------------------------------------------------------------
+
+    async def register(
+        self, *, token: str, name: str, labels: dict[str, str], annotations: dict[str, str]
+    ) -> tuple[ClusterRecord, str]:
+        await self.tokens.verify(token)
+        try:
+            validate_cluster_name(name)
+            validate_labels(labels)
+        except InvalidNameError as exc:
+            raise BundleInvalid(str(exc)) from exc
+        existing = self.registry.get_by_name(name)
+        cluster_id = existing.id if existing else secrets.token_hex(CLUSTER_ID_BYTES)
+        secret = secrets.token_urlsafe(SECRET_BYTES)
+        stored = StoredCluster(
+            id=cluster_id,
+            name=name,
+            labels=labels,
+            annotations=annotations,
+            shard=shard_of(cluster_id, self._settings.shards),
+            secret_sha256=secret_digest(secret),
+            registered_at=time.time(),
+        )
+        record, new_class = await self.registry.save(stored)
+        self.liveness.seen(record.id, time.time())
+        if new_class:
+            await self.retarget()
+        log.info("cluster.registered", cluster=name, cluster_id=cluster_id, again=bool(existing))
+        return record, secret
+
+    async def hello(
+        self,
+        cluster_id: str,
+        *,
+        secret: str,
+        labels: dict[str, str],
+        annotations: dict[str, str],
+    ) -> ClusterRecord:
+        record = self.authenticate(cluster_id, secret)
+        try:
+            validate_labels(labels)
+        except InvalidNameError as exc:
+            raise BundleInvalid(str(exc)) from exc
+        stored = record.stored
+        if stored.labels != labels or stored.annotations != annotations:
+            updated = stored.model_copy(update={"labels": labels, "annotations": annotations})
+            _, new_class = await self.registry.save(updated)
+            if new_class:
+                await self.retarget()
+            log.info("cluster.labels.changed", cluster=record.name, labels=labels)
+        self.heartbeat(record, time.time())
+        return record
+
+    def authenticate(self, cluster_id: str, secret: str) -> ClusterRecord:
+        record = self.registry.clusters.get(cluster_id)
+        if record is None:
+            raise NotFound(f"no cluster with ID {cluster_id!r}; register again with a token")
+        if not secrets.compare_digest(record.stored.secret_sha256, secret_digest(secret)):
+            raise AuthError(f"wrong credentials for cluster {record.name!r}")
+        return record
+
+    # -- status --------------------------------------------------------------
+
+    def heartbeat(self, record: ClusterRecord, now: float) -> None:
+        record.last_seen = now
+        self.liveness.seen(record.id, now)
+        if record.offline:
+            self.status.set_offline(self.registry, record, False)
+            log.info("cluster.online", cluster=record.name)
+
+    def ingest(self, subject_cluster: str, data: bytes, now: float) -> None:
+        """One message from a status or heartbeat subject; raises DecodeError on garbage."""
+        record = self.registry.clusters.get(subject_cluster)
+        message = codec.decode_any(data)
+        if isinstance(message, StatusReport):
+            if record is None:
+                raise DecodeError(f"status for unknown cluster {subject_cluster!r}")
+            self.status.apply_report(record, message)
+        elif isinstance(message, Heartbeat):
+            if record is None:
+                raise DecodeError(f"heartbeat for unknown cluster {subject_cluster!r}")
+        else:
+            raise DecodeError(f"unexpected {message.KIND!r} message on a status subject")
+        self.heartbeat(record, now)
+
+    def sweep_offline(self, now: float) -> int:
+        marked = 0
+        for cluster_id in self.liveness.overdue(now):
+            record = self.registry.clusters.get(cluster_id)
+            if record is not None and not record.offline:
+                self.status.set_offline(self.registry, record, True)
+                marked += 1
+                log.info("cluster.offline", cluster=record.name, last_seen=record.last_seen)
+        return marked
+
+    # -- read side -----------------------------------------------------------
+
+    def bundle_summaries(self) -> list[admin.BundleSummary]:
+        out = []
+        for name in sorted(self.bundles):
+            record = self.bundles[name]
+            states, targeted, deployments = self.status.summary(name, self.registry, self.desired)
+            out.append(
+                admin.BundleSummary(
+                    name=name,
+                    deployment_id=deployments[0]
+                    if deployments
+                    else ids.deployment_id(record.manifest_id, record.spec.options),
+                    deployment_ids=tuple(deployments),
+                    targeted=targeted,
+                    states=states,
+                    updated_at=record.updated_at,
+                )
+            )
+        return out
+
+    def cluster_summaries(self) -> list[admin.ClusterSummary]:
+        bundles = sorted(self.bundles)
+        return [
+            admin.ClusterSummary(
+                id=record.id,
+                name=record.name,
+                labels=record.stored.labels,
+                class_id=record.class_id,
+                bundles=StatusBook.cluster_states(record, self.desired, bundles),
+                offline=record.offline,
+                last_seen=record.last_seen,
+            )
+            for record in sorted(self.registry, key=lambda r: r.name)
+        ]

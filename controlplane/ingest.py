@@ -1,0 +1,115 @@
+"""Status and heartbeat ingest, per shard.
+
+Status reports are read from the SHOAL_STATUS stream in batches through one
+ephemeral pull consumer per owned shard, starting with the last report of
+every cluster (``deliver_policy=last_per_subject``): that is how a restarted
+control plane recovers every cluster's state without asking agents for it.
+Heartbeats are core NATS messages; losing one is harmless. A malformed message
+is counted, logged with its subject, and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from controlplane.fleet import Fleet
+from controlplane.settings import ServerSettings
+from protocol import subjects
+from protocol.errors import DecodeError
+
+log = structlog.get_logger(__name__)
+
+FETCH_WAIT = 1.0
+RESTART_BACKOFF = 1.0
+MAX_RESTART_BACKOFF = 15.0
+
+
+class Ingest:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        fleet: Fleet,
+        settings: ServerSettings,
+        counters: Counter[str],
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._fleet = fleet
+        self._settings = settings
+        self.counters = counters
+        self._heartbeat_subs: dict[int, Subscription] = {}
+
+    def handle(self, subject: str, data: bytes, *, kind: str) -> None:
+        try:
+            _, cluster_id = subjects.parse_cluster_subject(subject)
+            self._fleet.ingest(cluster_id, data, time.time())
+        except DecodeError as exc:
+            self.counters[f"{kind}_dropped"] += 1
+            log.warning("bus.message.dropped", kind=kind, subject=subject, error=str(exc))
+        else:
+            self.counters[f"{kind}_ingested"] += 1
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        self.handle(msg.subject, msg.data, kind="heartbeat")
+
+    async def watch_heartbeats(self, shard: int) -> None:
+        self._heartbeat_subs[shard] = await self._nc.subscribe(
+            subjects.heartbeat_shard(shard), cb=self._on_heartbeat
+        )
+
+    async def consume_status(self, shard: int) -> None:
+        """Read the shard's status reports forever, recreating the consumer on failure."""
+        backoff = RESTART_BACKOFF
+        while True:
+            try:
+                await self._consume_once(shard)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the bus went away, the consumer vanished, ...
+                self.counters["status_consumer_restarts"] += 1
+                log.warning("status.consumer.restart", shard=shard, error=repr(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_RESTART_BACKOFF)
+
+    async def _consume_once(self, shard: int) -> None:
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0,
+            mem_storage=True,
+        )
+        sub = await self._js.pull_subscribe(
+            subjects.status_shard(shard), stream=subjects.STATUS_STREAM, config=config
+        )
+        try:
+            while True:
+                try:
+                    batch = await sub.fetch(self._settings.status_batch, timeout=FETCH_WAIT)
+                except (TimeoutError, NatsTimeoutError):
+                    continue
+                for msg in batch:
+                    self.handle(msg.subject, msg.data, kind="status")
+                await asyncio.sleep(0)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # best effort on the way out
+                log.debug("status.consumer.unsubscribe_failed", error=repr(exc))
+
+    async def sweep_offline(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.offline_check_interval)
+            marked = self._fleet.sweep_offline(time.time())
+            if marked:
+                self.counters["clusters_marked_offline"] += marked

@@ -1,0 +1,167 @@
+"""The cluster registry: who is registered, with which labels, in which class.
+
+Registrations persist in the ``shoal-clusters`` KV bucket (JSON, so operators
+can read them with the ``nats`` CLI); the in-memory side adds what only the
+running control plane needs: each cluster's current label class, liveness and
+last reported bundle states. Per-cluster memory is a slotted record; label
+classes are shared objects, so a million clusters in a few classes cost a
+million small records and a few class entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.classes import ClassSchema, Projection, class_id, class_labels, project
+from protocol.states import State
+
+
+class StoredCluster(BaseModel):
+    """A registration as kept in KV."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    shard: int
+    secret_sha256: str
+    registered_at: float
+
+
+@dataclass(slots=True)
+class ClusterRecord:
+    stored: StoredCluster
+    class_id: str = ""
+    last_seen: float | None = None
+    offline: bool = False
+    status_key: tuple[float, int] = (0.0, 0)  # (sent_at, seq) of the last report taken
+    # bundle -> (deployment ID, state) as last reported by the agent
+    reported: dict[str, tuple[str, State]] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.stored.id
+
+    @property
+    def name(self) -> str:
+        return self.stored.name
+
+
+@dataclass(slots=True)
+class LabelClass:
+    id: str
+    projection: Projection
+    members: set[str] = field(default_factory=set)
+    offline: int = 0
+
+
+def secret_digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def shard_of(cluster_id: str, shards: int) -> int:
+    return zlib.crc32(cluster_id.encode()) % shards
+
+
+class Registry:
+    """Clusters by ID and name, and the label classes they fall into."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self.clusters: dict[str, ClusterRecord] = {}
+        self.by_name: dict[str, str] = {}
+        self.classes: dict[str, LabelClass] = {}
+        self.schema = ClassSchema()
+
+    async def load(self) -> None:
+        try:
+            keys = await self._kv.keys()
+        except NoKeysError:
+            return
+        for key in keys:
+            try:
+                entry = await self._kv.get(key)
+            except KeyNotFoundError:
+                continue
+            if entry.value:
+                self._index(StoredCluster.model_validate_json(entry.value))
+
+    async def save(self, stored: StoredCluster) -> tuple[ClusterRecord, bool]:
+        """Persist a registration; returns the record and whether its class is new."""
+        await self._kv.put(stored.id, stored.model_dump_json().encode())
+        return self._index(stored)
+
+    def _index(self, stored: StoredCluster) -> tuple[ClusterRecord, bool]:
+        record = self.clusters.get(stored.id)
+        if record is None:
+            record = ClusterRecord(stored=stored)
+            self.clusters[stored.id] = record
+        else:
+            old_name = record.stored.name
+            if old_name != stored.name and self.by_name.get(old_name) == stored.id:
+                del self.by_name[old_name]
+            record.stored = stored
+        self.by_name[stored.name] = stored.id
+        return record, self._classify(record)
+
+    def _classify(self, record: ClusterRecord) -> bool:
+        projection = project(class_labels(record.name, record.stored.labels), self.schema)
+        new_id = class_id(projection)
+        if new_id == record.class_id:
+            return False
+        old = self.classes.get(record.class_id)
+        if old is not None:
+            old.members.discard(record.id)
+            if record.offline:
+                old.offline -= 1
+            if not old.members:
+                del self.classes[old.id]
+        label_class = self.classes.get(new_id)
+        created = label_class is None
+        if label_class is None:
+            label_class = self.classes[new_id] = LabelClass(id=new_id, projection=projection)
+        label_class.members.add(record.id)
+        if record.offline:
+            label_class.offline += 1
+        record.class_id = new_id
+        return created
+
+    def set_schema(self, schema: ClassSchema) -> None:
+        """Adopt a new schema and move every cluster to its class under it."""
+        self.schema = schema
+        self.classes.clear()
+        for record in self.clusters.values():
+            record.class_id = ""
+            self._classify(record)
+
+    def set_offline(self, record: ClusterRecord, offline: bool) -> None:
+        if record.offline == offline:
+            return
+        record.offline = offline
+        label_class = self.classes.get(record.class_id)
+        if label_class is not None:
+            label_class.offline += 1 if offline else -1
+
+    def get_by_name(self, name: str) -> ClusterRecord | None:
+        cluster_id = self.by_name.get(name)
+        return self.clusters.get(cluster_id) if cluster_id else None
+
+    def __iter__(self) -> Iterator[ClusterRecord]:
+        return iter(self.clusters.values())
+
+    def __len__(self) -> int:
+        return len(self.clusters)
+
+
+def dump_json(value: dict[str, object]) -> bytes:
+    return json.dumps(value, sort_keys=True).encode()

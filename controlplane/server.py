@@ -1,0 +1,153 @@
+"""The control plane process: ``shoal server``.
+
+:class:`ControlPlane` wires the pieces together. Its constructor only stores
+settings; ``start()`` does the I/O in order: the embedded nats-server unless
+``nats_url`` is given, the connection, streams and buckets (idempotently), the
+fleet's state from KV and streams, the desired-state sync, then the request
+endpoints and ingest tasks. ``stop()`` reverses it in stages: stop intake,
+cancel tasks, drain the connection, stop the embedded server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from types import TracebackType
+
+import nats
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from controlplane import streams
+from controlplane.api import Api
+from controlplane.embedded import EmbeddedNats
+from controlplane.errors import BusError
+from controlplane.fleet import Fleet
+from controlplane.ingest import Ingest
+from controlplane.publisher import DesiredPublisher
+from controlplane.settings import ServerSettings
+from controlplane.tasks import TaskSet
+
+log = structlog.get_logger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+DRAIN_TIMEOUT = 5.0
+PURGE_INTERVAL = 30.0
+
+
+class ControlPlane:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.counters: Counter[str] = Counter()
+        self.embedded: EmbeddedNats | None = None
+        self.url = settings.nats_url or ""
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._fleet: Fleet | None = None
+        self._tasks = TaskSet("controlplane")
+
+    @property
+    def fleet(self) -> Fleet:
+        if self._fleet is None:
+            raise RuntimeError("control plane not started")
+        return self._fleet
+
+    async def __aenter__(self) -> ControlPlane:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        settings = self.settings
+        if not settings.nats_url:
+            self.embedded = EmbeddedNats(
+                store_dir=settings.data_dir, host=settings.host, port=settings.port
+            )
+            self.url = await self.embedded.start()
+        try:
+            await self._start_on_bus()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("controlplane.started", url=self.url, clusters=len(self.fleet.registry))
+
+    async def _start_on_bus(self) -> None:
+        settings = self.settings
+        try:
+            self._nc = await nats.connect(
+                servers=self.url.split(","),
+                name="shoal-controlplane",
+                connect_timeout=CONNECT_TIMEOUT,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                disconnected_cb=self._on_disconnect,
+                reconnected_cb=self._on_reconnect,
+                error_cb=self._on_error,
+            )
+        except Exception as exc:  # nats raises OSError and its own errors
+            raise BusError(f"cannot connect to NATS at {self.url}: {exc}") from exc
+        self._js = self._nc.jetstream(timeout=settings.request_timeout)
+        stores = await streams.ensure(self._js, replicas=settings.replicas)
+        publisher = DesiredPublisher(
+            self._js, timeout=settings.request_timeout, purge_grace=settings.class_purge_grace
+        )
+        self._fleet = Fleet(stores, publisher, settings)
+        await self._fleet.load()
+        await self._fleet.retarget()
+        api = Api(self._nc, self._fleet, self.counters)
+        await api.start()
+        ingest = Ingest(self._nc, self._js, self._fleet, settings, self.counters)
+        for shard in range(settings.shards):
+            await ingest.watch_heartbeats(shard)
+            self._tasks.spawn(f"status-{shard}", ingest.consume_status(shard))
+        self._tasks.spawn("offline-sweep", ingest.sweep_offline())
+        self._tasks.spawn("class-purge", self._purge_loop())
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PURGE_INTERVAL)
+            try:
+                await self.fleet.publisher.purge_orphans(
+                    live_classes=set(self.fleet.registry.classes)
+                )
+            except BusError as exc:
+                log.warning("desired.purge.failed", error=str(exc))
+
+    async def stop(self) -> None:
+        await self._tasks.cancel_all()
+        nc, self._nc = self._nc, None
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.drain(), DRAIN_TIMEOUT)
+            with contextlib.suppress(Exception):
+                await nc.close()
+        if self.embedded is not None:
+            await self.embedded.stop()
+        log.info("controlplane.stopped")
+
+    async def _on_disconnect(self) -> None:
+        log.warning("nats.disconnected", url=self.url)
+
+    async def _on_reconnect(self) -> None:
+        log.info("nats.reconnected", url=self.url)
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("nats.error", error=repr(exc))
+
+
+async def run_server(settings: ServerSettings, *, ready: asyncio.Event | None = None) -> None:
+    """Run until cancelled (the CLI cancels on SIGINT/SIGTERM)."""
+    async with ControlPlane(settings) as plane:
+        log.info("controlplane.listening", url=plane.url)
+        if ready is not None:
+            ready.set()
+        await asyncio.Event().wait()

@@ -1,0 +1,74 @@
+"""Settings of the control plane: every interval, timeout and limit in one place.
+
+Each field maps to a ``shoal server`` flag and to an environment variable with
+the ``SHOAL_`` prefix (``--heartbeat-timeout`` is ``SHOAL_HEARTBEAT_TIMEOUT``).
+Settings are passed explicitly to the objects that need them, never read from
+a global.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "SHOAL_"
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    data_dir: Path = Field(
+        default=Path(".shoal"),
+        description="Where the embedded NATS keeps JetStream files (streams, KV, blobs).",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the embedded NATS listens on.")
+    port: int = Field(default=4222, description="Port of the embedded NATS; 0 picks a free one.")
+    nats_url: str | None = Field(
+        default=None,
+        description="Use this NATS (or comma-separated cluster URLs) instead of embedding one.",
+    )
+    replicas: int = Field(
+        default=1, description="JetStream replicas for shoal's streams; 3 on a 3-node cluster."
+    )
+    shards: int = Field(
+        default=16,
+        description="Shards clusters hash into; fixed when the first cluster registers.",
+    )
+    heartbeat_timeout: float = Field(
+        default=20.0,
+        description="Seconds without a heartbeat after which a cluster is Offline "
+        "(agents beat every 5 s by default, so four are missed).",
+    )
+    offline_check_interval: float = Field(
+        default=1.0, description="Seconds between sweeps for overdue heartbeats."
+    )
+    startup_grace: float = Field(
+        default=30.0,
+        description="Seconds after start before any cluster may be marked Offline, so a "
+        "restarted control plane does not mark the whole fleet offline.",
+    )
+    status_batch: int = Field(
+        default=1000, description="Status reports fetched from JetStream per batch."
+    )
+    request_timeout: float = Field(
+        default=10.0, description="Seconds to wait for JetStream API replies."
+    )
+    class_purge_grace: float = Field(
+        default=120.0,
+        description="Seconds a class that no cluster uses keeps its desired state before it "
+        "is purged, so agents that have not yet seen a new schema are not left empty.",
+    )
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ServerSettings:
+        """Settings from ``SHOAL_*`` variables, then explicit overrides (flags) on top."""
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            env = os.environ.get(ENV_PREFIX + name.upper())
+            if env is not None:
+                values[name] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)
