@@ -1,0 +1,235 @@
+"""Client commands: token, apply, status, clusters, delete, group, stats."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from controlplane.errors import BundleInvalid
+from controlplane.sources import read_directory
+from protocol import admin, codec, ids
+from protocol.errors import ProtocolError
+from protocol.models import BundleSpec, BundleTarget, ClusterGroup, DeploymentOptions
+from protocol.selectors import LabelSelector, parse_labels, parse_selector
+from protocol.states import WORST_FIRST, State
+from shoal_cli import output
+from shoal_cli.client import AdminClient
+from shoal_cli.durations import parse_duration
+from shoal_cli.errors import CliError, UsageError
+
+
+async def token_create(args: argparse.Namespace) -> int:
+    ttl = parse_duration(args.ttl)
+    if ttl <= 0:
+        raise UsageError("--ttl must be positive")
+    async with AdminClient(args.server) as client:
+        reply = await client.admin(
+            admin.TokenCreate(ttl_seconds=ttl, description=args.description or ""),
+            admin.TokenCreated,
+        )
+    print(reply.token)
+    return 0
+
+
+def _targets(selectors: list[str]) -> tuple[BundleTarget, ...]:
+    if not selectors:
+        return (BundleTarget(name="all", cluster_selector=LabelSelector()),)
+    targets = []
+    for index, text in enumerate(selectors):
+        try:
+            selector = parse_selector(text)
+        except ProtocolError as exc:
+            raise UsageError(f"--target {text!r}: {exc}") from exc
+        targets.append(BundleTarget(name=f"target{index:03d}", cluster_selector=selector))
+    return tuple(targets)
+
+
+def build_bundle(args: argparse.Namespace) -> tuple[BundleSpec, bytes]:
+    try:
+        resources = read_directory(Path(args.dir))
+    except BundleInvalid as exc:
+        raise CliError(str(exc)) from exc
+    try:
+        spec = BundleSpec(
+            name=args.name,
+            options=DeploymentOptions(
+                default_namespace=args.namespace,
+                namespace=args.force_namespace,
+                correct_drift=args.correct_drift,
+                keep_resources=args.keep_resources,
+            ),
+            targets=_targets(args.target or []),
+        )
+    except ValueError as exc:  # pydantic names the field
+        raise UsageError(f"--name {args.name!r}: {_first_error(exc)}") from exc
+    return spec, codec.encode_resources(resources)
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return str(first.get("msg", exc)).removeprefix("Value error, ")
+    return str(exc)
+
+
+async def apply(args: argparse.Namespace) -> int:
+    spec, blob = build_bundle(args)
+    manifest = ids.manifest_id_of_blob(blob)
+    async with AdminClient(args.server) as client:
+        await client.upload_blob(manifest, blob)
+        reply = await client.admin(
+            admin.BundleApply(spec=spec, manifest_id=manifest), admin.BundleApplied
+        )
+    if args.output == "json":
+        output.emit(reply.model_dump(mode="json"), "json")
+    else:
+        verb = "configured" if reply.changed else "unchanged"
+        ids_text = ", ".join(reply.deployment_ids) or "(no cluster targeted yet)"
+        print(f"bundle/{reply.name} {verb}: {ids_text}")
+    return 0
+
+
+def _state_text(states: dict[State, int]) -> str:
+    order = [*WORST_FIRST, State.OFFLINE]
+    parts = [f"{state.value}: {states[state]}" for state in order if states.get(state)]
+    return ", ".join(parts) or "-"
+
+
+async def status(args: argparse.Namespace) -> int:
+    async with AdminClient(args.server) as client:
+        reply = await client.admin(admin.BundleList(), admin.BundleListReply)
+    if args.output != "table":
+        rows: list[dict[str, Any]] = [
+            {
+                "name": b.name,
+                "deployment_id": b.deployment_id,
+                "deployment_ids": list(b.deployment_ids),
+                "targeted": b.targeted,
+                "ready": b.states.get(State.READY, 0),
+                "states": {state.value: n for state, n in b.states.items()},
+                "updated_at": output.iso(b.updated_at),
+            }
+            for b in reply.bundles
+        ]
+        output.emit(rows, args.output)
+        return 0
+    output.table(
+        "Bundles",
+        ["NAME", "DEPLOYMENT", "READY", "STATES"],
+        [
+            [
+                b.name,
+                _short(b.deployment_id),
+                f"{b.states.get(State.READY, 0)}/{b.targeted}",
+                _state_text(b.states),
+            ]
+            for b in reply.bundles
+        ],
+    )
+    return 0
+
+
+def _short(deployment_id: str) -> str:
+    manifest, _, options = deployment_id.partition(":")
+    return f"{manifest[:14]}:{options[:6]}" if options else manifest[:14]
+
+
+async def clusters(args: argparse.Namespace) -> int:
+    selector = parse_selector(args.selector) if args.selector else None
+    async with AdminClient(args.server) as client:
+        reply = await client.admin(admin.ClusterList(), admin.ClusterListReply)
+    items = [c for c in reply.clusters if selector is None or selector.matches(c.labels)]
+    if args.output != "table":
+        rows = [
+            {
+                "name": c.name,
+                "id": c.id,
+                "labels": c.labels,
+                "bundles": {bundle: state.value for bundle, state in c.bundles.items()},
+                "offline": c.offline,
+                "last_seen": output.iso(c.last_seen),
+            }
+            for c in items
+        ]
+        output.emit(rows, args.output)
+        return 0
+    now = time.time()
+    output.table(
+        "Clusters",
+        ["NAME", "LABELS", "BUNDLES", "LAST SEEN"],
+        [
+            [
+                c.name + (" (offline)" if c.offline else ""),
+                ",".join(f"{k}={v}" for k, v in sorted(c.labels.items())),
+                ", ".join(f"{b}: {s.value}" for b, s in sorted(c.bundles.items())) or "-",
+                output.ago(c.last_seen, now),
+            ]
+            for c in items
+        ],
+    )
+    return 0
+
+
+async def delete_bundle(args: argparse.Namespace) -> int:
+    async with AdminClient(args.server) as client:
+        reply = await client.admin(admin.BundleDelete(name=args.name), admin.BundleDeleted)
+    print(f"bundle/{reply.name} deleted")
+    return 0
+
+
+async def group_set(args: argparse.Namespace) -> int:
+    try:
+        group = ClusterGroup(
+            name=args.name,
+            selector=parse_selector(args.selector),
+            labels=parse_labels(args.labels or ""),
+        )
+    except ProtocolError as exc:
+        raise UsageError(str(exc)) from exc
+    async with AdminClient(args.server) as client:
+        await client.admin(admin.GroupSet(group=group), admin.Ok)
+    print(f"clustergroup/{group.name} configured")
+    return 0
+
+
+async def group_delete(args: argparse.Namespace) -> int:
+    async with AdminClient(args.server) as client:
+        await client.admin(admin.GroupDelete(name=args.name), admin.Ok)
+    print(f"clustergroup/{args.name} deleted")
+    return 0
+
+
+async def group_list(args: argparse.Namespace) -> int:
+    async with AdminClient(args.server) as client:
+        reply = await client.admin(admin.GroupList(), admin.GroupListReply)
+    if args.output != "table":
+        output.emit([g.model_dump(mode="json", by_alias=True) for g in reply.groups], args.output)
+        return 0
+    output.table(
+        "Cluster groups",
+        ["NAME", "SELECTOR", "LABELS"],
+        [
+            [g.name, str(g.selector) or "(all)", ",".join(f"{k}={v}" for k, v in g.labels.items())]
+            for g in reply.groups
+        ],
+    )
+    return 0
+
+
+async def stats(args: argparse.Namespace) -> int:
+    async with AdminClient(args.server) as client:
+        reply = await client.admin(admin.Stats(), admin.StatsReply)
+    if args.output != "table":
+        output.emit(dict(sorted(reply.counters.items())), args.output)
+    else:
+        output.table(
+            "Control plane",
+            ["COUNTER", "VALUE"],
+            [[k, str(v)] for k, v in sorted(reply.counters.items())],
+        )
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,17 @@
+"""Errors the CLI prints: one line for a person, and an exit code.
+
+::
+
+    CliError            exit 1: the request was refused or failed
+    └── UsageError      exit 2: the command line itself is wrong
+"""
+
+from __future__ import annotations
+
+
+class CliError(Exception):
+    exit_code = 1
+
+
+class UsageError(CliError):
+    exit_code = 2

@@ -1,0 +1,236 @@
+"""The control plane against a real nats-server, with the test playing agents and CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from controlplane.server import ControlPlane
+from controlplane.settings import ServerSettings
+from protocol import admin, codec, subjects
+from protocol.messages import DesiredBundle, ErrorReply, RegisterReply
+from protocol.states import State
+from tests.integration import cp_helpers as h
+
+
+async def eventually(check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {result!r}")
+        await asyncio.sleep(0.05)
+
+
+async def test_tokens_gate_registration(control_plane: ControlPlane, nc: Client) -> None:
+    token = await h.create_token(nc)
+    ok = await h.register(nc, token, "shop-1", {"env": "prod"})
+    assert isinstance(ok, RegisterReply)
+
+    unknown = await h.register(nc, "shoal_not-a-token", "shop-2")
+    assert isinstance(unknown, ErrorReply)
+    assert unknown.code == "unauthorized"
+    assert "unknown registration token" in unknown.error
+
+    short = await h.create_token(nc, ttl=0.05)
+    await asyncio.sleep(0.1)
+    expired = await h.register(nc, short, "shop-3")
+    assert isinstance(expired, ErrorReply)
+    assert "expired" in expired.error
+    assert set(await h.clusters(nc)) == {"shop-1"}
+
+
+async def test_rollout_publishes_once_per_label_class(
+    control_plane: ControlPlane, nc: Client
+) -> None:
+    token = await h.create_token(nc)
+    envs, regions = ("prod", "dev"), ("eu", "us")
+    registrations = []
+    for i in range(1000):
+        labels = {
+            "env": envs[i % 2],
+            "region": regions[(i // 2) % 2],
+            "shop": f"s{i}",  # read by no selector: must not split classes
+        }
+        registrations.append(h.register(nc, token, f"shop-{i}", labels))
+    for reply in await asyncio.gather(*registrations):
+        assert isinstance(reply, RegisterReply)
+
+    # Make both label keys part of the schema first, so the 1,000 clusters fall in
+    # 4 classes (env x region).
+    first = await h.apply_bundle(
+        nc, "base", h.resources("0"), targets=["env in (prod,dev),region in (eu,us)"]
+    )
+    assert isinstance(first, admin.BundleApplied)
+    assert len(control_plane.fleet.registry.classes) == 4
+
+    seen: list[Msg] = []
+
+    async def collect(msg: Msg) -> None:
+        seen.append(msg)
+
+    sub = await nc.subscribe(f"{subjects.PREFIX}.desired.*.web", cb=collect)
+    reply = await h.apply_bundle(nc, "web", h.resources("1"), targets=["env in (prod,dev)"])
+    assert isinstance(reply, admin.BundleApplied)
+    await nc.flush()
+    await asyncio.sleep(0.3)
+    assert 1 <= len(seen) <= 4
+    assert reply.published <= 5  # at most 4 desired messages plus a schema update
+
+    # Unchanged re-apply publishes nothing.
+    seen.clear()
+    again = await h.apply_bundle(nc, "web", h.resources("1"), targets=["env in (prod,dev)"])
+    assert isinstance(again, admin.BundleApplied)
+    assert not again.changed
+    await asyncio.sleep(0.2)
+    assert seen == []
+    await sub.unsubscribe()
+
+
+async def test_selector_picks_classes_and_status_counts(
+    control_plane: ControlPlane, nc: Client
+) -> None:
+    token = await h.create_token(nc)
+    prod = await h.register(nc, token, "prod-1", {"env": "prod"})
+    dev = await h.register(nc, token, "dev-1", {"env": "dev"})
+    assert isinstance(prod, RegisterReply) and isinstance(dev, RegisterReply)
+    applied = await h.apply_bundle(nc, "web", h.resources("1"), targets=["env=prod"])
+    assert isinstance(applied, admin.BundleApplied)
+    (deployment,) = applied.deployment_ids
+
+    summary = (await h.bundles(nc))["web"]
+    assert summary.targeted == 1
+    assert summary.states == {State.WAIT_APPLIED: 1}
+    listed = await h.clusters(nc)
+    assert listed["prod-1"].bundles == {"web": State.WAIT_APPLIED}
+    assert listed["dev-1"].bundles == {}
+
+    # The desired state for prod's class is on the bus, and dev's class has none.
+    prod_class = listed["prod-1"].class_id
+    js = nc.jetstream()
+    stored = await js.get_last_msg(subjects.DESIRED_STREAM, subjects.desired(prod_class, "web"))
+    message = codec.decode(stored.data or b"", DesiredBundle)
+    assert message.deployment_id == deployment
+
+    await h.report(nc, prod, {"web": (deployment, State.NOT_READY)})
+
+    async def not_ready() -> bool:
+        return (await h.bundles(nc))["web"].states == {State.NOT_READY: 1}
+
+    await eventually(not_ready)
+    await h.report(nc, prod, {"web": (deployment, State.READY)}, seq=2)
+
+    async def ready() -> bool:
+        return (await h.bundles(nc))["web"].states == {State.READY: 1}
+
+    await eventually(ready)
+
+    # A new version: the old report now counts as out of sync.
+    updated = await h.apply_bundle(nc, "web", h.resources("2"), targets=["env=prod"])
+    assert isinstance(updated, admin.BundleApplied)
+    assert updated.deployment_ids != applied.deployment_ids
+    assert (await h.bundles(nc))["web"].states == {State.OUT_OF_SYNC: 1}
+
+
+async def test_garbage_on_status_subject_is_counted_and_dropped(
+    control_plane: ControlPlane, nc: Client
+) -> None:
+    token = await h.create_token(nc)
+    reg = await h.register(nc, token, "shop-1")
+    assert isinstance(reg, RegisterReply)
+    applied = await h.apply_bundle(nc, "web", h.resources())
+    assert isinstance(applied, admin.BundleApplied)
+    await h.report(nc, reg, {"web": (applied.deployment_ids[0], State.READY)})
+
+    async def ready() -> bool:
+        return (await h.bundles(nc))["web"].states == {State.READY: 1}
+
+    await eventually(ready)
+
+    js = nc.jetstream()
+    await js.publish(subjects.status(reg.shard, reg.cluster_id), b"\xc1garbage")
+    await nc.publish(subjects.heartbeat(reg.shard, reg.cluster_id), b"not msgpack")
+    await nc.publish(subjects.heartbeat(reg.shard, "unknowncluster"), b"\x93\x01\xa2hb\x80")
+
+    async def dropped() -> dict[str, int] | None:
+        counters = await h.stats(nc)
+        total = counters.get("status_dropped", 0) + counters.get("heartbeat_dropped", 0)
+        return counters if total >= 3 else None
+
+    counters = await eventually(dropped)
+    assert counters["status_dropped"] == 1
+    assert counters["heartbeat_dropped"] == 2
+    assert (await h.bundles(nc))["web"].states == {State.READY: 1}
+
+
+async def test_overdue_heartbeat_marks_cluster_offline(
+    control_plane: ControlPlane, nc: Client
+) -> None:
+    token = await h.create_token(nc)
+    reg = await h.register(nc, token, "shop-1")
+    assert isinstance(reg, RegisterReply)
+    await h.heartbeat(nc, reg)
+
+    async def offline() -> bool:
+        return (await h.clusters(nc))["shop-1"].offline
+
+    await eventually(offline, timeout=5)
+    await h.heartbeat(nc, reg, seq=2)
+
+    async def online() -> bool:
+        return not (await h.clusters(nc))["shop-1"].offline
+
+    await eventually(online, timeout=5)
+
+
+async def test_restart_keeps_bundles_clusters_and_tokens(
+    cp_settings: ServerSettings, nc: Client
+) -> None:
+    async with ControlPlane(cp_settings):
+        token = await h.create_token(nc)
+        reg = await h.register(nc, token, "shop-1", {"env": "prod"})
+        assert isinstance(reg, RegisterReply)
+        applied = await h.apply_bundle(nc, "web", h.resources(), targets=["env=prod"])
+        assert isinstance(applied, admin.BundleApplied)
+        await h.report(nc, reg, {"web": (applied.deployment_ids[0], State.READY)})
+
+        async def ready() -> bool:
+            return (await h.bundles(nc))["web"].states == {State.READY: 1}
+
+        await eventually(ready)
+        publishes = (await h.stats(nc))["desired_publishes"]
+        assert publishes >= 1
+
+    async with ControlPlane(cp_settings):
+        assert (await h.bundles(nc))["web"].deployment_ids == applied.deployment_ids
+        assert set(await h.clusters(nc)) == {"shop-1"}
+        await eventually(ready)  # state recovered from the status stream
+        # Nothing is republished for unchanged state.
+        assert (await h.stats(nc))["desired_publishes"] == 0
+        again = await h.register(nc, token, "shop-2")
+        assert isinstance(again, RegisterReply)
+
+
+async def test_invalid_bundle_is_rejected_whole(control_plane: ControlPlane, nc: Client) -> None:
+    good = await h.apply_bundle(nc, "web", h.resources("1"))
+    assert isinstance(good, admin.BundleApplied)
+    broken = h.resources(
+        files=[
+            ("a.yaml", h.CONFIGMAP.format(name="a", value="1")),
+            ("b.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b\n"),
+        ]
+    )
+    reply = await h.apply_bundle(nc, "web", broken)
+    assert isinstance(reply, ErrorReply)
+    assert reply.code == "invalid"
+    assert "b.yaml" in reply.error
+    nokind = h.resources(files=[("c.yaml", "apiVersion: v1\nmetadata:\n  name: c\n")])
+    reply = await h.apply_bundle(nc, "web", nokind)
+    assert isinstance(reply, ErrorReply)
+    assert "c.yaml (document 1)" in reply.error and "'kind'" in reply.error
+    assert (await h.bundles(nc))["web"].deployment_ids == good.deployment_ids
