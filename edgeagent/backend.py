@@ -1,0 +1,70 @@
+"""The seam between the reconciler and a cluster: the :class:`ClusterBackend` Protocol.
+
+The reconciler decides *what* should run; a backend makes it so on one cluster
+and says how it is doing. The simulated backend (an in-memory cluster, used by
+``shoal demo``, benchmarks and tests) and the Kubernetes backend (server-side
+apply, drift watches) implement the same four methods, so the reconciler is
+the same code for both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from protocol.messages import ResourceCondition
+from protocol.models import DeploymentOptions
+from protocol.states import State
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One bundle's rendered objects, as they should exist on the cluster."""
+
+    bundle: str
+    deployment_id: str
+    options: DeploymentOptions
+    objects: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a backend sees of a deployment: READY, NOT_READY or MODIFIED, and why."""
+
+    state: State
+    non_ready: tuple[ResourceCondition, ...] = ()
+    modified: tuple[ResourceCondition, ...] = ()
+
+
+def condition_of(obj: dict[str, Any], reason: str) -> ResourceCondition:
+    """The status-report form of one object."""
+    meta = obj.get("metadata") or {}
+    return ResourceCondition(
+        kind=str(obj.get("kind", "")),
+        name=str(meta.get("name", "")),
+        namespace=str(meta.get("namespace") or ""),
+        api_version=str(obj.get("apiVersion", "")),
+        reason=reason,
+    )
+
+
+class ClusterBackend(Protocol):
+    async def apply(self, deployment: Deployment) -> None:
+        """Make the cluster hold exactly ``deployment`` for its bundle.
+
+        All or nothing: raise :class:`edgeagent.errors.ApplyError` with
+        per-object conditions, having changed nothing, if any object is refused.
+        """
+        ...
+
+    async def remove(self, bundle: str, *, keep_resources: bool) -> None:
+        """Forget ``bundle``; delete its objects unless ``keep_resources``."""
+        ...
+
+    async def observe(self, deployment: Deployment) -> Observation:
+        """Readiness and drift of an applied deployment."""
+        ...
+
+    async def deployed_bundles(self) -> set[str]:
+        """Bundles the cluster holds, so an agent can prune after a restart."""
+        ...

@@ -1,0 +1,99 @@
+"""The agent's view of its desired state: class and per-cluster messages, ordered by rev.
+
+Two scopes feed it: the agent's label class (``shoal.v1.desired.<class>.*``)
+and the cluster itself (``shoal.v1.cluster.<id>.desired.*``); for one bundle
+the cluster message wins. Messages may arrive twice or out of order (live
+subscription and snapshot overlap on purpose, so nothing falls between them),
+so each scope keeps the highest ``rev`` per bundle, tombstones included, so a
+late older message cannot resurrect a deleted bundle.
+
+A snapshot replaces a scope wholesale, except for bundles a live message
+touched while the snapshot was in flight: those keep the higher rev of both.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from edgeagent.store import SavedDesired
+from protocol.classes import ClassSchema
+from protocol.messages import DesiredBundle
+
+
+class Scope(StrEnum):
+    CLASS = "class"
+    CLUSTER = "cluster"
+
+
+def _newer(candidate: DesiredBundle, current: DesiredBundle | None) -> bool:
+    return current is None or candidate.rev > current.rev
+
+
+class DesiredState:
+    """Per-scope last messages and the effective bundle -> DesiredBundle map."""
+
+    def __init__(self, saved: SavedDesired | None = None) -> None:
+        saved = saved or SavedDesired()
+        self.class_id = saved.class_id
+        self.schema: ClassSchema | None = saved.schema
+        self._scopes: dict[Scope, dict[str, DesiredBundle]] = {
+            Scope.CLASS: dict(saved.class_bundles),
+            Scope.CLUSTER: dict(saved.cluster_bundles),
+        }
+        self._touched: dict[Scope, set[str] | None] = {Scope.CLASS: None, Scope.CLUSTER: None}
+
+    def effective(self) -> dict[str, DesiredBundle]:
+        """Bundle -> the message that governs it; tombstones removed."""
+        merged = dict(self._scopes[Scope.CLASS])
+        merged.update(self._scopes[Scope.CLUSTER])
+        return {name: msg for name, msg in merged.items() if not msg.deleted}
+
+    def offer(self, scope: Scope, message: DesiredBundle) -> bool:
+        """Take a live message; True if the effective state changed."""
+        bundles = self._scopes[scope]
+        touched = self._touched[scope]
+        if touched is not None:
+            touched.add(message.bundle)
+        if not _newer(message, bundles.get(message.bundle)):
+            return False
+        before = self.effective()
+        bundles[message.bundle] = message
+        return self.effective() != before
+
+    def begin_snapshot(self, scope: Scope) -> None:
+        """Start recording live messages for ``scope`` until :meth:`end_snapshot`."""
+        self._touched[scope] = set()
+
+    def end_snapshot(self, scope: Scope, messages: list[DesiredBundle]) -> bool:
+        """Replace ``scope`` by a snapshot; True if the effective state changed."""
+        touched = self._touched[scope] or set()
+        self._touched[scope] = None
+        old = self._scopes[scope]
+        new: dict[str, DesiredBundle] = {}
+        for message in messages:
+            if _newer(message, new.get(message.bundle)):
+                new[message.bundle] = message
+        for name in touched:
+            live = old.get(name)
+            if live is not None and _newer(live, new.get(name)):
+                new[name] = live
+        before = self.effective()
+        self._scopes[scope] = new
+        return self.effective() != before
+
+    def reset_class(self, class_id: str) -> bool:
+        """Move to another class: its bundles come with the next snapshot."""
+        if class_id == self.class_id:
+            return False
+        self.class_id = class_id
+        before = self.effective()
+        self._scopes[Scope.CLASS] = {}
+        return self.effective() != before
+
+    def saved(self) -> SavedDesired:
+        return SavedDesired(
+            class_id=self.class_id,
+            schema=self.schema,
+            class_bundles=dict(self._scopes[Scope.CLASS]),
+            cluster_bundles=dict(self._scopes[Scope.CLUSTER]),
+        )

@@ -1,0 +1,301 @@
+"""The reconciler: makes the cluster hold the desired bundles and says how each is doing.
+
+It is the same code for simulated and real clusters: it talks to a
+:class:`ClusterBackend`, gets resources through a :class:`BlobProvider`, and
+keeps one :class:`BundleStatus` per desired bundle for the reporter. One loop
+works through bundles whose next step is due:
+
+* a new or changed deployment ID is fetched, rendered and applied (WaitApplied
+  while the first attempt for that deployment runs; ErrApplied with the
+  message and per-object conditions when it fails, retried with doubling
+  backoff unless retrying cannot help, e.g. a render error);
+* an applied deployment is observed, often while not Ready, rarely once Ready;
+  drift shows as Modified and is re-applied when ``correctDrift`` is set;
+* bundles no longer desired are removed (``keepResources`` respected) and
+  vanish from the status at once.
+
+Failures are data: nothing a bundle or the backend does escapes this loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from edgeagent.backend import ClusterBackend, Deployment, Observation
+from edgeagent.blobs import BlobProvider
+from edgeagent.errors import ApplyError, BlobError, DeploymentError
+from edgeagent.render import render
+from edgeagent.settings import AgentSettings
+from protocol.codec import decode_resources
+from protocol.errors import DecodeError
+from protocol.ids import manifest_of
+from protocol.messages import BundleStatus, DesiredBundle, ResourceCondition
+from protocol.states import State
+
+log = structlog.get_logger(__name__)
+
+NEVER = math.inf
+
+
+@dataclass
+class _Record:
+    desired: DesiredBundle
+    status: BundleStatus
+    applied: Deployment | None = None
+    attempted: str = ""  # deployment ID of the last apply attempt
+    failures: int = 0
+    reapply: bool = False
+    due: float = 0.0
+
+
+@dataclass
+class _Removal:
+    keep_resources: bool
+    failures: int = 0
+    due: float = 0.0
+
+
+@dataclass
+class Reconciler:
+    """Drives the backend towards the desired bundles; see the module docstring."""
+
+    backend: ClusterBackend
+    blobs: BlobProvider
+    settings: AgentSettings
+    cluster: str = ""
+    version: int = 0
+    _records: dict[str, _Record] = field(default_factory=dict)
+    _removals: dict[str, _Removal] = field(default_factory=dict)
+    _known: bool = False
+    _prune_pending: bool = False
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # --- inputs -----------------------------------------------------------------
+
+    def set_desired(self, desired: Mapping[str, DesiredBundle]) -> None:
+        """The complete desired state; the first call also prunes what the cluster holds."""
+        for name in list(self._records):
+            if name not in desired:
+                record = self._records.pop(name)
+                if record.applied is not None or record.attempted:
+                    self._removals[name] = _Removal(record.desired.options.keep_resources)
+                self._changed()
+        for name, message in desired.items():
+            self._removals.pop(name, None)
+            existing = self._records.get(name)
+            if existing is None:
+                self._records[name] = _Record(
+                    desired=message,
+                    status=BundleStatus(
+                        bundle=name, deployment_id=message.deployment_id, state=State.WAIT_APPLIED
+                    ),
+                )
+                self._changed()
+            elif existing.desired != message:
+                if existing.desired.deployment_id != message.deployment_id:
+                    existing.failures = 0
+                existing.desired = message
+                existing.due = 0.0
+        if not self._known:
+            self._known = True
+            self._prune_pending = True
+        self._wake.set()
+
+    def statuses(self) -> tuple[BundleStatus, ...]:
+        """The status of every desired bundle, by bundle name."""
+        return tuple(self._records[name].status for name in sorted(self._records))
+
+    def all_ready(self) -> bool:
+        return bool(self._records) and all(
+            r.status.state == State.READY for r in self._records.values()
+        )
+
+    @property
+    def desired_known(self) -> bool:
+        return self._known
+
+    # --- the loop ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Reconcile forever; cancel to stop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._prune_pending:
+                self._prune_pending = False
+                await self._prune()
+            await self.step_due(loop.time())
+            self._wake.clear()
+            wait = self._next_due() - loop.time()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), min(wait, 3600.0))
+
+    async def step_due(self, now: float) -> None:
+        """Run every step that is due at ``now``."""
+        for name, removal in list(self._removals.items()):
+            if removal.due <= now:
+                await self._remove(name, removal)
+        for name in sorted(self._records):
+            record = self._records.get(name)
+            if record is not None and record.due <= now:
+                await self._step(record)
+
+    def _next_due(self) -> float:
+        dues = [r.due for r in self._records.values()]
+        dues += [r.due for r in self._removals.values()]
+        return min(dues, default=NEVER)
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _backoff(self, failures: int) -> float:
+        s = self.settings
+        return float(min(s.retry_max, s.retry_initial * 2 ** max(0, failures - 1)))
+
+    def _changed(self) -> None:
+        self.version += 1
+
+    def _set(
+        self,
+        record: _Record,
+        state: State,
+        *,
+        message: str = "",
+        non_ready: tuple[ResourceCondition, ...] = (),
+        modified: tuple[ResourceCondition, ...] = (),
+    ) -> None:
+        status = BundleStatus(
+            bundle=record.desired.bundle,
+            deployment_id=record.desired.deployment_id,
+            state=state,
+            message=message,
+            non_ready=non_ready,
+            modified=modified,
+        )
+        if status != record.status:
+            record.status = status
+            self._changed()
+
+    # --- steps -----------------------------------------------------------------
+
+    async def _step(self, record: _Record) -> None:
+        desired = record.desired
+        needs_apply = (
+            record.reapply
+            or record.applied is None
+            or record.applied.deployment_id != desired.deployment_id
+            or record.applied.options != desired.options
+        )
+        try:
+            if needs_apply:
+                await self._apply(record)
+            else:
+                await self._observe(record)
+        except Exception as exc:  # a backend bug must not stop the other bundles
+            log.exception("reconcile.step_failed", cluster=self.cluster, bundle=desired.bundle)
+            record.failures += 1
+            self._set(record, State.ERR_APPLIED, message=f"internal error: {exc!r}")
+            record.due = self._now() + self._backoff(record.failures)
+
+    async def _prepare(self, desired: DesiredBundle) -> Deployment:
+        manifest = manifest_of(desired.deployment_id)
+        blob = await self.blobs.get(manifest)
+        try:
+            resources = decode_resources(blob)
+        except DecodeError as exc:
+            raise BlobError(
+                f"resources {manifest} are not a resource list: {exc}",
+                manifest_id=manifest,
+                transient=False,
+            ) from exc
+        objects = render(resources, desired.options)
+        return Deployment(desired.bundle, desired.deployment_id, desired.options, objects)
+
+    async def _apply(self, record: _Record) -> None:
+        desired = record.desired
+        first = record.attempted != desired.deployment_id
+        record.attempted = desired.deployment_id
+        bound = log.bind(
+            cluster=self.cluster, bundle=desired.bundle, deployment_id=desired.deployment_id
+        )
+        if first:
+            self._set(record, State.WAIT_APPLIED)
+        try:
+            deployment = await self._prepare(desired)
+            await asyncio.wait_for(self.backend.apply(deployment), self.settings.apply_timeout)
+        except (DeploymentError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                exc = ApplyError(f"apply timed out after {self.settings.apply_timeout:.0f} s")
+            conditions = exc.conditions if isinstance(exc, ApplyError) else ()
+            record.failures += 1
+            self._set(record, State.ERR_APPLIED, message=str(exc), non_ready=conditions)
+            if exc.transient:
+                record.due = self._now() + self._backoff(record.failures)
+            else:
+                record.due = NEVER  # until the desired state changes
+            bound.warning("reconcile.apply_failed", error=str(exc), failures=record.failures)
+            return
+        bound.info("reconcile.applied", objects=len(deployment.objects))
+        record.applied = deployment
+        record.reapply = False
+        record.failures = 0
+        await self._observe(record)
+
+    async def _observe(self, record: _Record) -> None:
+        assert record.applied is not None
+        try:
+            seen: Observation = await asyncio.wait_for(
+                self.backend.observe(record.applied), self.settings.apply_timeout
+            )
+        except TimeoutError:
+            seen = Observation(state=State.NOT_READY)
+        s = self.settings
+        if seen.state == State.MODIFIED:
+            self._set(record, State.MODIFIED, modified=seen.modified)
+            if record.desired.options.correct_drift:
+                record.reapply = True
+                record.due = self._now() + (
+                    self._backoff(record.failures) if record.failures else 0
+                )
+                log.info(
+                    "reconcile.correcting_drift", cluster=self.cluster, bundle=record.desired.bundle
+                )
+            else:
+                record.due = self._now() + s.observe_interval_not_ready
+        elif seen.state == State.READY:
+            self._set(record, State.READY)
+            record.due = self._now() + s.observe_interval
+        else:
+            self._set(record, State.NOT_READY, non_ready=seen.non_ready)
+            record.due = self._now() + s.observe_interval_not_ready
+
+    async def _remove(self, name: str, removal: _Removal) -> None:
+        try:
+            await asyncio.wait_for(
+                self.backend.remove(name, keep_resources=removal.keep_resources),
+                self.settings.apply_timeout,
+            )
+        except Exception as exc:
+            removal.failures += 1
+            removal.due = self._now() + self._backoff(removal.failures)
+            log.warning(
+                "reconcile.remove_failed", cluster=self.cluster, bundle=name, error=repr(exc)
+            )
+            return
+        self._removals.pop(name, None)
+        log.info("reconcile.removed", cluster=self.cluster, bundle=name)
+
+    async def _prune(self) -> None:
+        try:
+            held = await self.backend.deployed_bundles()
+        except Exception as exc:
+            log.warning("reconcile.prune_failed", cluster=self.cluster, error=repr(exc))
+            return
+        for name in held - set(self._records) - set(self._removals):
+            self._removals[name] = _Removal(keep_resources=False)

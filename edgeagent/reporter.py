@@ -1,0 +1,123 @@
+"""Status reports and heartbeats: what the control plane learns of this cluster.
+
+A :class:`StatusReport` carries every desired bundle's status and is sent
+when any of them changed, at most once per ``status_interval`` (changes in
+between are batched), with JetStream acknowledgement so the status stream
+holds the cluster's latest report. A report that could not be sent stays due
+and is retried next interval; after a reconnect a full report is sent even if
+nothing changed. Heartbeats are core NATS and skipped when a report went out
+within the heartbeat interval, since the report proves liveness as well.
+
+Sequence numbers start from the wall clock in milliseconds, so they keep
+increasing across agent restarts without any saved counter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+
+from edgeagent.bus import AgentBus
+from edgeagent.errors import BusError
+from edgeagent.settings import AgentSettings
+from edgeagent.store import Identity
+from protocol import subjects
+from protocol.codec import encode
+from protocol.messages import BundleStatus, Heartbeat, StatusReport
+
+log = structlog.get_logger(__name__)
+
+
+class StatusSource(Protocol):
+    version: int
+
+    def statuses(self) -> tuple[BundleStatus, ...]: ...
+
+
+class Reporter:
+    """Publishes one cluster's status reports and heartbeats."""
+
+    def __init__(
+        self,
+        bus: AgentBus,
+        source: StatusSource,
+        settings: AgentSettings,
+        *,
+        identity: Identity | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._bus = bus
+        self._source = source
+        self._settings = settings
+        self._clock = clock
+        self.identity = identity
+        base = int(clock() * 1000)
+        self.status_seq = base
+        self.heartbeat_seq = base
+        self._sent_version: int | None = None
+        self._force = True
+        self._last_status_at = -math.inf
+        self.reports_sent = 0
+        self.heartbeats_sent = 0
+
+    def force_full(self) -> None:
+        """Send a full report at the next interval even if nothing changed (reconnects)."""
+        self._force = True
+
+    @property
+    def dirty(self) -> bool:
+        return self._force or self._sent_version != self._source.version
+
+    async def flush(self) -> bool:
+        """Send a report now if one is due; True if the bus took it."""
+        if not self.dirty or self.identity is None or not self._bus.connected:
+            return False
+        version = self._source.version
+        seq = self.status_seq + 1
+        report = StatusReport(seq=seq, sent_at=self._clock(), bundles=self._source.statuses())
+        subject = subjects.status(self.identity.shard, self.identity.cluster_id)
+        try:
+            await self._bus.publish_durable(subject, encode(report))
+        except BusError as exc:
+            log.warning("status.publish_failed", cluster=self.identity.cluster_id, error=str(exc))
+            return False
+        self.status_seq = seq
+        self._sent_version = version
+        self._force = False
+        self._last_status_at = asyncio.get_running_loop().time()
+        self.reports_sent += 1
+        return True
+
+    async def beat(self) -> bool:
+        """Send a heartbeat unless a report went out within the heartbeat interval."""
+        if self.identity is None or not self._bus.connected:
+            return False
+        since = asyncio.get_running_loop().time() - self._last_status_at
+        if since < self._settings.heartbeat_interval:
+            return False
+        seq = self.heartbeat_seq + 1
+        beat = Heartbeat(seq=seq, status_seq=self.status_seq)
+        subject = subjects.heartbeat(self.identity.shard, self.identity.cluster_id)
+        try:
+            await self._bus.publish(subject, encode(beat))
+        except BusError as exc:
+            log.debug("heartbeat.failed", cluster=self.identity.cluster_id, error=str(exc))
+            return False
+        self.heartbeat_seq = seq
+        self.heartbeats_sent += 1
+        return True
+
+    async def run_status(self) -> None:
+        while True:
+            await self.flush()
+            await asyncio.sleep(self._settings.status_interval)
+
+    async def run_heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.heartbeat_interval)
+            await self.beat()

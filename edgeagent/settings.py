@@ -1,0 +1,128 @@
+"""Settings of the edge agent: every interval, timeout and backoff in one place.
+
+Each field maps to an environment variable with the ``SHOAL_`` prefix
+(``heartbeat_interval`` is ``SHOAL_HEARTBEAT_INTERVAL``) and the CLI maps its
+flags onto the same names. Settings are passed explicitly to every object that
+needs them, never read from a global, so a simulated fleet can run thousands
+of agents with one shared, fast-ticking settings object in tests.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "SHOAL_"
+
+
+class AgentSettings(BaseModel):
+    """All durations are in seconds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # --- bus ---------------------------------------------------------------
+    request_timeout: float = Field(
+        default=5.0,
+        description="Seconds to wait for a register/hello reply or a JetStream API reply.",
+    )
+    connect_timeout: float = Field(
+        default=30.0,
+        description="Seconds a first start (no saved identity) waits for the bus before "
+        "failing; with a saved identity the agent waits forever while enforcing.",
+    )
+    reconnect_wait: float = Field(
+        default=2.0,
+        description="Seconds between reconnect attempts of an agent's own NATS "
+        "connection; it reconnects forever.",
+    )
+    drain_timeout: float = Field(
+        default=5.0, description="Seconds shutdown waits for NATS to drain."
+    )
+    snapshot_batch: int = Field(
+        default=1000,
+        description="Messages asked for per batch direct get when reading the full "
+        "desired state; more are fetched in further batches.",
+    )
+    resync_interval: float = Field(
+        default=300.0,
+        description="Seconds between full re-reads of the desired state, a safety net "
+        "against a lost live message; jittered by resync_jitter.",
+    )
+    resync_jitter: float = Field(
+        default=0.2,
+        description="Fraction of resync_interval added at random so a fleet does not "
+        "re-read in lockstep.",
+    )
+    reconnect_check_interval: float = Field(
+        default=1.0,
+        description="Seconds between checks of a shared connection's reconnect counter "
+        "(an agent's own connection also signals reconnects at once).",
+    )
+    identity_retry_max: float = Field(
+        default=60.0,
+        description="Longest pause between hello/register attempts while the control "
+        "plane does not answer.",
+    )
+
+    # --- status ------------------------------------------------------------
+    status_interval: float = Field(
+        default=1.0,
+        description="At most one status report per this many seconds: changes within "
+        "it are batched into one report.",
+    )
+    heartbeat_interval: float = Field(
+        default=5.0,
+        description="Seconds between heartbeats; the control plane marks a cluster "
+        "Offline after several are missed.",
+    )
+
+    # --- reconciling -------------------------------------------------------
+    apply_timeout: float = Field(
+        default=120.0, description="Seconds an apply, remove or observe may take."
+    )
+    blob_timeout: float = Field(
+        default=30.0, description="Seconds a resource blob download may take."
+    )
+    retry_initial: float = Field(
+        default=1.0, description="First pause after a failed apply; doubles per failure."
+    )
+    retry_max: float = Field(
+        default=60.0, description="Longest pause between retries of a failed apply."
+    )
+    observe_interval: float = Field(
+        default=30.0,
+        description="Seconds between readiness/drift checks of a Ready bundle.",
+    )
+    observe_interval_not_ready: float = Field(
+        default=2.0,
+        description="Seconds between readiness checks while a bundle is not Ready, so "
+        "Ready is reported soon after it happens.",
+    )
+
+    # --- simulated backend -------------------------------------------------
+    sim_readiness_delay: float = Field(
+        default=0.2, description="Seconds after apply until simulated objects are ready."
+    )
+    sim_failure_rate: float = Field(
+        default=0.0, description="Probability (0-1) that a simulated apply fails."
+    )
+    sim_drift_rate: float = Field(
+        default=0.0,
+        description="Probability (0-1) per observe that a simulated Ready bundle drifts.",
+    )
+    sim_seed: int | None = Field(
+        default=None, description="Seed of the simulated backend's RNG (reproducible runs)."
+    )
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> AgentSettings:
+        """Settings from ``SHOAL_*`` variables, then explicit overrides (flags) on top."""
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            env = os.environ.get(ENV_PREFIX + name.upper())
+            if env is not None:
+                values[name] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)
