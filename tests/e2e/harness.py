@@ -56,15 +56,15 @@ class Shoal:
         return {**os.environ, **FAST_ENV, "SHOAL_URL": self.url, **extra}
 
     def _spawn(self, name: str, args: list[str], **env: str) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            [*SHOAL, *args],
-            env=self.env(**env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.workdir,
-        )
+        with (self.workdir / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [*SHOAL, *args],
+                env=self.env(**env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+            )
         self.procs[name] = proc
         return proc
 
