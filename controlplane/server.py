@@ -47,6 +47,7 @@ class ControlPlane:
         self._js: JetStreamContext | None = None
         self._fleet: Fleet | None = None
         self._tasks = TaskSet("controlplane")
+        self._stopping = False
 
     @property
     def fleet(self) -> Fleet:
@@ -123,6 +124,7 @@ class ControlPlane:
                 log.warning("desired.purge.failed", error=str(exc))
 
     async def stop(self) -> None:
+        self._stopping = True
         await self._tasks.cancel_all()
         nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:
@@ -135,7 +137,8 @@ class ControlPlane:
         log.info("controlplane.stopped")
 
     async def _on_disconnect(self) -> None:
-        log.warning("nats.disconnected", url=self.url)
+        if not self._stopping:
+            log.warning("nats.disconnected", url=self.url)
 
     async def _on_reconnect(self) -> None:
         log.info("nats.reconnected", url=self.url)

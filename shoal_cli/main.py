@@ -12,17 +12,17 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from controlplane.errors import ControlPlaneError
 from protocol.errors import ProtocolError
-from shoal_cli import admin_cmds, logs, output
+from shoal_cli import admin_cmds, agent_cmd, demo_cmd, logs, output, server_cmd
 from shoal_cli.errors import CliError
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
-Command = Callable[[argparse.Namespace], Awaitable[int]]
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 DESCRIPTION = """\
 shoal delivers Kubernetes bundles to very large fleets of small clusters over NATS.
@@ -54,8 +54,6 @@ def _output(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from shoal_cli import agent_cmd, demo_cmd, server_cmd
-
     parser = argparse.ArgumentParser(
         prog="shoal", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -222,7 +220,7 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    long_running = args.command in ("server", "agent", "demo")
+    long_running = args.command in ("server", "agent")
     logs.configure(args.log_level or ("info" if long_running else "warning"), args.log_format)
     func: Command = args.func
     try:
