@@ -189,7 +189,8 @@ class Agent:
             with contextlib.suppress(BusError):
                 await self._subs.pop(key).unsubscribe()
         with contextlib.suppress(TimeoutError, BusError):
-            await asyncio.wait_for(self.reporter.flush(), _STOP_FLUSH_TIMEOUT)
+            async with asyncio.timeout(_STOP_FLUSH_TIMEOUT):
+                await self.reporter.flush()
         await self._tasks.cancel_all()
         await self.bus.close()
         if self._done is not None and not self._done.done():

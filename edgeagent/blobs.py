@@ -69,7 +69,8 @@ class Blobs:
 
     async def _download(self, manifest_id: str) -> bytes:
         try:
-            blob = await asyncio.wait_for(self._source.fetch_blob(manifest_id), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                blob = await self._source.fetch_blob(manifest_id)
         except TimeoutError as exc:
             raise BlobError(
                 f"download of resources {manifest_id} timed out after {self._timeout:.0f} s",

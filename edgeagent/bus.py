@@ -33,7 +33,7 @@ from nats.js.object_store import ObjectStore
 
 from edgeagent.errors import BlobError, BusError, BusRejected, BusUnavailable
 from edgeagent.settings import AgentSettings
-from edgeagent.tasks import TaskSet
+from edgeagent.tasks import TaskSet, wait_event
 from protocol import subjects
 
 log = structlog.get_logger(__name__)
@@ -160,7 +160,8 @@ class NatsBus:
         if self._url is not None and nc is not None:
             self._nc = None
             try:
-                await asyncio.wait_for(nc.drain(), self._settings.drain_timeout)
+                async with asyncio.timeout(self._settings.drain_timeout):
+                    await nc.drain()
             except _DRAIN_ERRORS:
                 log.warning("bus.drain_failed")
             with contextlib.suppress(*_NATS_ERRORS):
@@ -173,8 +174,7 @@ class NatsBus:
             if deadline is not None and loop.time() >= deadline:
                 return False
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), _CONNECT_POLL * 2)
+            await wait_event(self._wake, _CONNECT_POLL * 2)
         return True
 
     async def wait_reconnect(self, seen: int, timeout: float) -> int:
@@ -185,10 +185,7 @@ class NatsBus:
             if remaining <= 0:
                 break
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), min(remaining, self._settings.reconnect_check_interval)
-                )
+            await wait_event(self._wake, min(remaining, self._settings.reconnect_check_interval))
         return self.reconnects()
 
     def _client(self) -> Client:
@@ -290,7 +287,8 @@ class NatsBus:
         last_seq = 0
         while True:
             try:
-                msg = await asyncio.wait_for(queue.get(), self._settings.request_timeout)
+                async with asyncio.timeout(self._settings.request_timeout):
+                    msg = await queue.get()
             except TimeoutError as exc:
                 raise BusUnavailable("direct get timed out") from exc
             headers = msg.headers or {}

@@ -2,7 +2,8 @@
 
 Two scopes feed it: the agent's label class (``shoal.v1.desired.<class>.*``)
 and the cluster itself (``shoal.v1.cluster.<id>.desired.*``); for one bundle
-the cluster message wins. Messages may arrive twice or out of order (live
+the cluster message wins, and a cluster tombstone hands the bundle back to the
+class message. Messages may arrive twice or out of order (live
 subscription and snapshot overlap on purpose, so nothing falls between them),
 so each scope keeps the highest ``rev`` per bundle, tombstones included, so a
 late older message cannot resurrect a deleted bundle.
@@ -43,10 +44,14 @@ class DesiredState:
         self._touched: dict[Scope, set[str] | None] = {Scope.CLASS: None, Scope.CLUSTER: None}
 
     def effective(self) -> dict[str, DesiredBundle]:
-        """Bundle -> the message that governs it; tombstones removed."""
-        merged = dict(self._scopes[Scope.CLASS])
-        merged.update(self._scopes[Scope.CLUSTER])
-        return {name: msg for name, msg in merged.items() if not msg.deleted}
+        """Bundle -> the message that governs it; tombstones removed.
+
+        A per-cluster tombstone withdraws the cluster's override: the class
+        message (if any) governs the bundle again.
+        """
+        merged = {n: m for n, m in self._scopes[Scope.CLASS].items() if not m.deleted}
+        merged.update({n: m for n, m in self._scopes[Scope.CLUSTER].items() if not m.deleted})
+        return merged
 
     def offer(self, scope: Scope, message: DesiredBundle) -> bool:
         """Take a live message; True if the effective state changed."""

@@ -10,12 +10,12 @@ object store, and a switch that takes the "connection" down and up again
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from edgeagent.bus import Handler
 from edgeagent.errors import BlobError, BusUnavailable
+from edgeagent.tasks import wait_event
 
 Responder = Callable[[str, bytes], Awaitable[bytes]]
 
@@ -109,8 +109,7 @@ class MemoryBus:
     async def wait_reconnect(self, seen: int, timeout: float) -> int:
         if self._reconnects == seen:
             self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+            await wait_event(self._changed, timeout)
         return self._reconnects
 
     def _check(self) -> None:
@@ -121,7 +120,8 @@ class MemoryBus:
         self._check()
         for pattern, responder in self.responders.items():
             if subject_matches(pattern, subject):
-                return await asyncio.wait_for(responder(subject, payload), timeout)
+                async with asyncio.timeout(timeout):
+                    return await responder(subject, payload)
         raise BusUnavailable(f"nobody answers on {subject}")
 
     async def subscribe(self, subject: str, handler: Handler) -> _MemSub:

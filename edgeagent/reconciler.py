@@ -20,7 +20,6 @@ Failures are data: nothing a bundle or the backend does escapes this loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from edgeagent.blobs import BlobProvider
 from edgeagent.errors import ApplyError, BlobError, DeploymentError
 from edgeagent.render import render
 from edgeagent.settings import AgentSettings
+from edgeagent.tasks import wait_event
 from protocol.codec import decode_resources
 from protocol.errors import DecodeError
 from protocol.ids import manifest_of
@@ -133,8 +133,7 @@ class Reconciler:
             self._wake.clear()
             wait = self._next_due() - loop.time()
             if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(wait, 3600.0))
+                await wait_event(self._wake, min(wait, 3600.0))
 
     async def step_due(self, now: float) -> None:
         """Run every step that is due at ``now``."""
@@ -228,7 +227,8 @@ class Reconciler:
             self._set(record, State.WAIT_APPLIED)
         try:
             deployment = await self._prepare(desired)
-            await asyncio.wait_for(self.backend.apply(deployment), self.settings.apply_timeout)
+            async with asyncio.timeout(self.settings.apply_timeout):
+                await self.backend.apply(deployment)
         except (DeploymentError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):
                 exc = ApplyError(f"apply timed out after {self.settings.apply_timeout:.0f} s")
@@ -250,9 +250,8 @@ class Reconciler:
     async def _observe(self, record: _Record) -> None:
         assert record.applied is not None
         try:
-            seen: Observation = await asyncio.wait_for(
-                self.backend.observe(record.applied), self.settings.apply_timeout
-            )
+            async with asyncio.timeout(self.settings.apply_timeout):
+                seen: Observation = await self.backend.observe(record.applied)
         except TimeoutError:
             seen = Observation(state=State.NOT_READY)
         s = self.settings
@@ -277,10 +276,8 @@ class Reconciler:
 
     async def _remove(self, name: str, removal: _Removal) -> None:
         try:
-            await asyncio.wait_for(
-                self.backend.remove(name, keep_resources=removal.keep_resources),
-                self.settings.apply_timeout,
-            )
+            async with asyncio.timeout(self.settings.apply_timeout):
+                await self.backend.remove(name, keep_resources=removal.keep_resources)
         except Exception as exc:
             removal.failures += 1
             removal.due = self._now() + self._backoff(removal.failures)

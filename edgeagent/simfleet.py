@@ -146,7 +146,8 @@ class SimulatedFleet:
             return
         for client in self._clients:
             with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
-                await asyncio.wait_for(client.drain(), self.settings.drain_timeout)
+                async with asyncio.timeout(self.settings.drain_timeout):
+                    await client.drain()
         self._clients = []
 
     def ready_count(self) -> int:

@@ -53,3 +53,17 @@ class TaskSet:
         if tasks:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait(tasks, timeout=timeout)
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``event``; True if it is set.
+
+    ``asyncio.wait_for`` on Python 3.11 can swallow a cancellation that races
+    the event being set (the task then never stops); ``asyncio.timeout`` can't.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

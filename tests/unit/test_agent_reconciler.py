@@ -1,0 +1,210 @@
+"""The reconciler on the simulated backend: apply, readiness, changes, removal, failures, drift."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from edgeagent.backend import Deployment
+from edgeagent.blobs import Blobs
+from edgeagent.membus import MemoryBus
+from edgeagent.reconciler import Reconciler
+from edgeagent.settings import AgentSettings
+from edgeagent.simulated import SimulatedCluster
+from edgeagent.store import MemoryBlobCache
+from protocol.codec import encode_resources
+from protocol.ids import deployment_id, manifest_id
+from protocol.messages import BundleStatus, DesiredBundle
+from protocol.models import BundleResource, DeploymentOptions
+from protocol.states import State
+
+FAST = AgentSettings(
+    status_interval=0.02,
+    heartbeat_interval=0.1,
+    retry_initial=0.02,
+    retry_max=0.1,
+    observe_interval=0.05,
+    observe_interval_not_ready=0.02,
+    sim_readiness_delay=0.05,
+)
+
+
+def configmap(name: str, data: str = "v") -> str:
+    return f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: {data}\n"
+
+
+class World:
+    def __init__(self) -> None:
+        self.bus = MemoryBus()
+        self.cluster = SimulatedCluster(readiness_delay=FAST.sim_readiness_delay, seed=1)
+        self.blobs = Blobs(MemoryBlobCache(), self.bus, timeout=1.0)
+        self.reconciler = Reconciler(backend=self.cluster, blobs=self.blobs, settings=FAST)
+        self.desired: dict[str, DesiredBundle] = {}
+        self.rev = 0
+
+    def bundle(
+        self, name: str, files: dict[str, str], options: DeploymentOptions | None = None
+    ) -> DesiredBundle:
+        options = options or DeploymentOptions()
+        resources = [BundleResource(name=k, content=v) for k, v in files.items()]
+        manifest = manifest_id(resources)
+        self.bus.blobs[manifest] = encode_resources(resources)
+        self.rev += 1
+        message = DesiredBundle(
+            bundle=name,
+            rev=self.rev,
+            deployment_id=deployment_id(manifest, options),
+            options=options,
+        )
+        self.desired[name] = message
+        self.reconciler.set_desired(dict(self.desired))
+        return message
+
+    def drop(self, name: str) -> None:
+        del self.desired[name]
+        self.reconciler.set_desired(dict(self.desired))
+
+    def status(self, name: str) -> BundleStatus | None:
+        return next((s for s in self.reconciler.statuses() if s.bundle == name), None)
+
+    async def until(self, check: Callable[[], bool], timeout: float = 3.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not check():
+            if loop.time() > deadline:
+                raise AssertionError(f"timed out; statuses: {self.reconciler.statuses()}")
+            await asyncio.sleep(0.005)
+
+    async def state(self, name: str, state: State) -> BundleStatus:
+        await self.until(lambda: (s := self.status(name)) is not None and s.state == state)
+        found = self.status(name)
+        assert found is not None
+        return found
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    w = World()
+    task = asyncio.create_task(w.reconciler.run())
+    try:
+        yield w
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_new_bundle_is_applied_then_ready(world: World) -> None:
+    message = world.bundle("app", {"cm.yaml": configmap("a")})
+    assert world.status("app") == BundleStatus(
+        bundle="app", deployment_id=message.deployment_id, state=State.WAIT_APPLIED
+    )
+    await world.state("app", State.NOT_READY)
+    await world.state("app", State.READY)
+    assert world.cluster.deployment_of("app") == message.deployment_id
+    assert world.cluster.objects("app")[0]["metadata"]["namespace"] == "default"
+    assert world.reconciler.all_ready()
+
+
+async def test_changed_deployment_is_reapplied(world: World) -> None:
+    world.bundle("app", {"cm.yaml": configmap("a")})
+    await world.state("app", State.READY)
+    second = world.bundle("app", {"cm.yaml": configmap("a", data="changed")})
+    await world.until(lambda: world.cluster.deployment_of("app") == second.deployment_id)
+    ready = await world.state("app", State.READY)
+    assert ready.deployment_id == second.deployment_id
+    assert world.cluster.objects("app")[0]["data"] == {"k": "changed"}
+
+
+async def test_removed_bundle_is_removed_and_leaves_status(world: World) -> None:
+    world.bundle("app", {"cm.yaml": configmap("a")})
+    world.bundle("other", {"cm.yaml": configmap("b")})
+    await world.state("app", State.READY)
+    world.drop("app")
+    assert world.status("app") is None
+    await world.until(lambda: world.cluster.deployment_of("app") is None)
+    assert world.cluster.deployment_of("other") is not None
+
+
+async def test_apply_error_is_errapplied_with_message_then_retried(world: World) -> None:
+    world.cluster.fail_next = "admission webhook denied the ConfigMap"
+    world.bundle("app", {"cm.yaml": configmap("a")})
+    failed = await world.state("app", State.ERR_APPLIED)
+    assert "admission webhook denied" in failed.message
+    await world.state("app", State.READY)
+    assert world.cluster.apply_count == 2
+
+
+async def test_render_error_names_file_and_is_not_retried(world: World) -> None:
+    world.bundle("app", {"good.yaml": configmap("a"), "bad.yaml": "apiVersion: v1\nkind: X\n"})
+    failed = await world.state("app", State.ERR_APPLIED)
+    assert "bad.yaml" in failed.message
+    await asyncio.sleep(0.1)
+    assert world.cluster.apply_count == 0
+    # A fixed bundle replaces it.
+    world.bundle("app", {"good.yaml": configmap("a")})
+    await world.state("app", State.READY)
+
+
+async def test_missing_blob_is_errapplied_and_retried(world: World) -> None:
+    message = world.bundle("app", {"cm.yaml": configmap("a")})
+    blob = world.bus.blobs.pop(message.deployment_id.split(":")[0])
+    failed = await world.state("app", State.ERR_APPLIED)
+    assert "not" in failed.message or "no blob" in failed.message
+    world.bus.blobs[message.deployment_id.split(":")[0]] = blob
+    await world.state("app", State.READY)
+
+
+async def test_corrupt_blob_is_refused(world: World) -> None:
+    message = world.bundle("app", {"cm.yaml": configmap("a")})
+    world.bus.blobs[message.deployment_id.split(":")[0]] = encode_resources(
+        [BundleResource(name="cm.yaml", content=configmap("evil"))]
+    )
+    failed = await world.state("app", State.ERR_APPLIED)
+    assert "refusing" in failed.message
+    assert world.cluster.apply_count == 0
+
+
+async def test_drift_is_reported_as_modified(world: World) -> None:
+    world.bundle("app", {"cm.yaml": configmap("a") + "---\n" + configmap("b")})
+    await world.state("app", State.READY)
+    assert world.cluster.inject_drift("app", kind="ConfigMap", name="b") == 1
+    modified = await world.state("app", State.MODIFIED)
+    assert [c.name for c in modified.modified] == ["b"]
+    await asyncio.sleep(0.1)
+    assert world.status("app") is not None
+    assert world.status("app").state == State.MODIFIED  # type: ignore[union-attr]
+
+
+async def test_drift_is_corrected_with_correct_drift(world: World) -> None:
+    world.bundle("app", {"cm.yaml": configmap("a")}, DeploymentOptions(correctDrift=True))
+    await world.state("app", State.READY)
+    world.cluster.inject_drift("app", delete=True)
+    await world.until(lambda: world.cluster.apply_count == 2)
+    await world.state("app", State.READY)
+    assert len(world.cluster.objects("app")) == 1
+
+
+async def test_prunes_bundles_the_cluster_holds_but_nobody_wants() -> None:
+    w = World()
+    await w.cluster.apply(Deployment("stale", "s-x:y", DeploymentOptions(), ()))
+    fresh = Reconciler(backend=w.cluster, blobs=w.blobs, settings=FAST)
+    fresh.set_desired({})
+    task = asyncio.create_task(fresh.run())
+    try:
+        await w.until(lambda: w.cluster.deployment_of("stale") is None)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_random_failures_are_reproducible() -> None:
+    def run() -> list[bool]:
+        cluster = SimulatedCluster(failure_rate=0.5, seed=42)
+        return [cluster._rng.random() < 0.5 for _ in range(20)]
+
+    assert run() == run()
