@@ -59,7 +59,7 @@ def test_namespace_option_forces_namespaced_objects_only() -> None:
 
 def test_empty_documents_and_other_files_are_skipped() -> None:
     resources = [
-        BundleResource(name="a.yaml", content="---\n---\n" + MANIFESTS.split("---")[0]),
+        BundleResource(name="a.yaml", content="---\n---\n" + MANIFESTS.split("---", maxsplit=1)[0]),
         BundleResource(name="README.md", content="not yaml: [\n"),
     ]
     assert [o["metadata"]["name"] for o in render(resources, DeploymentOptions())] == ["plain"]

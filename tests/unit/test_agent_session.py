@@ -159,7 +159,7 @@ async def test_unknown_token_fails_clearly() -> None:
 
 async def test_forgotten_cluster_registers_again() -> None:
     bus = MemoryBus()
-    cp = ControlPlane(bus)
+    ControlPlane(bus)
     store = MemoryStore(Identity(cluster_id="old", secret="x", shard=3, name="edge-1"))
     async with make_agent(bus, store) as agent:
         await until(lambda: agent.identity is not None and agent.identity.cluster_id == "c1")
