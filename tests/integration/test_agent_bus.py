@@ -246,7 +246,7 @@ async def test_restart_with_bus_down_enforces_saved_state(tmp_path: Path) -> Non
         # Bus down: a restarted agent enforces what it saved, on a fresh (empty) cluster.
         agent = make_agent(server.url, tmp_path / "agent")
         async with agent:
-            await until(lambda: agent.reconciler.all_ready())
+            await until(agent.reconciler.all_ready)
             backend = agent.backend
             assert isinstance(backend, SimulatedCluster)
             assert await backend.deployed_bundles() == {"app"}
@@ -302,3 +302,35 @@ async def test_simulated_fleet_shares_a_connection_and_reports_per_cluster(
         for cid in fake_cp.clusters:
             await until_status(fake_cp, cid, {"app": State.READY})
         assert sorted(fake_cp.clusters.values())[0] == "sim-00000"
+
+
+async def test_reconnect_resyncs_and_sends_a_full_report(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = EmbeddedNats(store_dir=tmp_path / "nats", port=port)
+    await server.start()
+    try:
+        nc = await nats.connect(server.url)
+        cp = FakeControlPlane(nc)
+        await cp.start()
+        await cp.desired(class_subject("app"), "app")
+        async with make_agent(server.url, tmp_path / "agent") as agent:
+            first = await until_status(cp, "c1", {"app": State.READY})
+            syncs = agent.syncs
+            await nc.close()
+            await server.stop()
+            await server.start()
+            nc = await nats.connect(server.url)
+            cp = FakeControlPlane(nc)
+            cp.clusters["c1"] = "edge"
+            await cp.start()
+            await until(lambda: agent.syncs > syncs, timeout=8.0)
+            report = await until_status(cp, "c1", {"app": State.READY})
+            while report.seq == first.seq:
+                report = await until_status(cp, "c1", {"app": State.READY})
+            await cp.desired(class_subject("more"), "more")
+            await until_status(cp, "c1", {"app": State.READY, "more": State.READY})
+        await nc.close()
+    finally:
+        await server.stop()
