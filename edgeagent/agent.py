@@ -51,11 +51,6 @@ _SYNC_RETRY_INITIAL = 0.5
 _STOP_FLUSH_TIMEOUT = 2.0
 
 
-def cluster_desired_filter(cluster_id: str) -> str:
-    """``shoal.v1.cluster.<id>.desired.*``; protocol.subjects has no builder for it yet."""
-    return subjects.cluster_desired(cluster_id, "_").rsplit(".", 1)[0] + ".*"
-
-
 class Agent:
     """One cluster's agent; see the module docstring for its lifetime."""
 
@@ -280,7 +275,7 @@ class Agent:
             )
             self._subscribed_class = class_id
             log.info("agent.class", cluster=self.identity.cluster_id, class_id=class_id)
-        cluster_filter = cluster_desired_filter(self.identity.cluster_id)
+        cluster_filter = subjects.cluster_desired_all(self.identity.cluster_id)
         if cluster_filter != self._subscribed_cluster:
             old = self._subs.pop("cluster", None)
             if old is not None:

@@ -35,8 +35,12 @@ class SelectorError(ProtocolError):
         self.selector = selector
 
 
-class InvalidNameError(ProtocolError):
-    """A name (bundle, cluster, label key or value) breaks the naming rules."""
+class InvalidNameError(ProtocolError, ValueError):
+    """A name (bundle, cluster, label key or value) breaks the naming rules.
+
+    It is a ``ValueError`` too, so that raised inside a pydantic validator it
+    becomes part of the model's validation error (and so a decode error).
+    """
 
     def __init__(self, message: str, *, field: str, value: str) -> None:
         super().__init__(message)

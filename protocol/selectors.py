@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from protocol.errors import InvalidNameError, SelectorError
 
 _NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-_KEY_RE = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_NAME}$")
-_VALUE_RE = re.compile(rf"^({_NAME})?$")
+_KEY_RE = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_NAME}\Z")
+_VALUE_RE = re.compile(rf"^({_NAME})?\Z")
 
 
 def validate_label_key(key: str) -> str:
@@ -140,9 +140,9 @@ class LabelSelector(BaseModel):
         return format_selector(self)
 
 
-_SET_RE = re.compile(r"^\s*(?P<key>[^\s!=()]+)\s+(?P<op>in|notin)\s*\((?P<vals>[^()]*)\)\s*$")
-_EQ_RE = re.compile(r"^\s*(?P<key>[^\s!=()]+)\s*(?P<op>==|=|!=)\s*(?P<val>[^\s!=()]*)\s*$")
-_EXISTS_RE = re.compile(r"^\s*(?P<neg>!?)\s*(?P<key>[^\s!=(),]+)\s*$")
+_SET_RE = re.compile(r"^\s*(?P<key>[^\s!=()]+)\s+(?P<op>in|notin)\s*\((?P<vals>[^()]*)\)\s*\Z")
+_EQ_RE = re.compile(r"^\s*(?P<key>[^\s!=()]+)\s*(?P<op>==|=|!=)\s*(?P<val>[^\s!=()]*)\s*\Z")
+_EXISTS_RE = re.compile(r"^\s*(?P<neg>!?)\s*(?P<key>[^\s!=(),]+)\s*\Z")
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -219,6 +219,8 @@ def format_selector(selector: LabelSelector) -> str:
         match req.operator:
             case Operator.IN:
                 terms.append(f"{req.key} in ({','.join(req.values)})")
+            case Operator.NOT_IN if len(req.values) == 1:
+                terms.append(f"{req.key}!={req.values[0]}")
             case Operator.NOT_IN:
                 terms.append(f"{req.key} notin ({','.join(req.values)})")
             case Operator.EXISTS:

@@ -36,7 +36,8 @@ CLUSTER_DESIRED_ALL = f"{PREFIX}.cluster.*.desired.>"
 STATUS_ALL = f"{PREFIX}.status.>"
 HEARTBEAT_ALL = f"{PREFIX}.hb.>"
 
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
+_SHARD_RE = re.compile(r"^[0-9]{1,6}\Z")
 
 
 def _token(value: str, what: str) -> str:
@@ -55,6 +56,10 @@ def desired_class(class_id: str) -> str:
 
 def cluster_desired(cluster_id: str, bundle: str) -> str:
     return f"{PREFIX}.cluster.{_token(cluster_id, 'cluster')}.desired.{_token(bundle, 'bundle')}"
+
+
+def cluster_desired_all(cluster_id: str) -> str:
+    return f"{PREFIX}.cluster.{_token(cluster_id, 'cluster')}.desired.*"
 
 
 def cluster_all(cluster_id: str) -> str:
@@ -90,7 +95,7 @@ def parse_cluster_subject(subject: str) -> tuple[int, str]:
     parts = subject.split(".")
     if len(parts) != 5 or parts[2] not in ("status", "hb") or f"{parts[0]}.{parts[1]}" != PREFIX:
         raise DecodeError(f"not a status or heartbeat subject: {subject!r}")
-    if not parts[3].isdigit() or not _TOKEN_RE.match(parts[4]):
+    if not _SHARD_RE.match(parts[3]) or not _TOKEN_RE.match(parts[4]):
         raise DecodeError(f"malformed shard or cluster in subject {subject!r}")
     return int(parts[3]), parts[4]
 
