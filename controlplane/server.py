@@ -33,6 +33,7 @@ from controlplane.tasks import TaskSet
 log = structlog.get_logger(__name__)
 
 CONNECT_TIMEOUT = 10.0
+FIRST_CONNECT_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 5.0
 PURGE_INTERVAL = 30.0
 
@@ -84,16 +85,24 @@ class ControlPlane:
     async def _start_on_bus(self) -> None:
         settings = self.settings
         try:
-            self._nc = await nats.connect(
-                servers=self.url.split(","),
-                name="shoal-controlplane",
-                connect_timeout=CONNECT_TIMEOUT,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=1,
-                disconnected_cb=self._on_disconnect,
-                reconnected_cb=self._on_reconnect,
-                error_cb=self._on_error,
+            self._nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=self.url.split(","),
+                    name="shoal-controlplane",
+                    connect_timeout=CONNECT_TIMEOUT,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    disconnected_cb=self._on_disconnect,
+                    reconnected_cb=self._on_reconnect,
+                    error_cb=self._on_error,
+                ),
+                FIRST_CONNECT_TIMEOUT,
             )
+        except TimeoutError as exc:
+            raise BusError(
+                f"cannot connect to NATS at {self.url} within {FIRST_CONNECT_TIMEOUT:.0f} s; "
+                "check --nats-url, or leave it out to run an embedded NATS"
+            ) from exc
         except Exception as exc:  # nats raises OSError and its own errors
             raise BusError(f"cannot connect to NATS at {self.url}: {exc}") from exc
         self._js = self._nc.jetstream(timeout=settings.request_timeout)

@@ -181,7 +181,9 @@ def parse_selector(text: str) -> LabelSelector:
             if not part.strip():
                 raise SelectorError(f"empty term in selector {text!r}", selector=text)
             if m := _SET_RE.match(part):
-                values = tuple(v.strip() for v in m["vals"].split(",") if v.strip())
+                # As in Kubernetes' parser, "()" is the set of the empty value and an
+                # empty item between commas is the empty value too.
+                values = tuple(v.strip() for v in m["vals"].split(","))
                 op = Operator.IN if m["op"] == "in" else Operator.NOT_IN
                 expressions.append(Requirement(key=m["key"], operator=op, values=values))
             elif m := _EQ_RE.match(part):

@@ -27,6 +27,10 @@ CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 30.0
 
 
+async def _quiet(exc: Exception) -> None:
+    """The CLI reports connection errors once, itself; nats-py would print tracebacks."""
+
+
 class AdminClient:
     def __init__(self, url: str, *, timeout: float = REQUEST_TIMEOUT) -> None:
         self.url = url
@@ -40,11 +44,13 @@ class AdminClient:
                 name="shoal-cli",
                 connect_timeout=CONNECT_TIMEOUT,
                 allow_reconnect=False,
-                max_reconnect_attempts=0,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.2,
+                error_cb=_quiet,
             )
         except Exception as exc:  # nats raises OSError and its own errors
             raise CliError(
-                f"cannot reach the shoal server at {self.url}: {exc or type(exc).__name__}. "
+                f"cannot reach the shoal server at {self.url}. "
                 "Is `shoal server` running? Pass --server URL or set SHOAL_URL."
             ) from exc
         return self

@@ -141,7 +141,7 @@ class Shoal:
 def wait_for(
     check: Callable[[], T],
     *,
-    timeout: float = 30,
+    timeout: float = 60,
     what: str = "condition",
     on_fail: Callable[[], str] | None = None,
 ) -> T:
