@@ -58,6 +58,9 @@ class Api:
         await self._nc.subscribe(
             f"{subjects.PREFIX}.agent.*.hello", queue="shoal-api", cb=self._dispatch
         )
+        # The server knows the subscriptions once this returns: a request sent right
+        # after start() finds a responder.
+        await self._nc.flush()
 
     async def _dispatch(self, msg: Msg) -> None:
         if not msg.reply:

@@ -77,6 +77,9 @@ class Ingest:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the bus went away, the consumer vanished, ...
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # nats-py swallowed our cancel
                 self.counters["status_consumer_restarts"] += 1
                 log.warning("status.consumer.restart", shard=shard, error=repr(exc))
                 await asyncio.sleep(backoff)

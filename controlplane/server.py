@@ -119,6 +119,7 @@ class ControlPlane:
         for shard in range(settings.shards):
             await ingest.watch_heartbeats(shard)
             self._tasks.spawn(f"status-{shard}", ingest.consume_status(shard))
+        await self._nc.flush()
         self._tasks.spawn("offline-sweep", ingest.sweep_offline())
         self._tasks.spawn("class-purge", self._purge_loop())
 

@@ -108,6 +108,14 @@ class NatsBus:
         self._subs: set[_NatsSub] = set()
         self._wake = asyncio.Event()
         self._tasks = TaskSet("bus")
+        # An owned connection signals reconnects itself; for a shared one the owner
+        # may promise to call notify_reconnected(), which spares the polling.
+        self._notified = url is not None
+
+    def notify_reconnected(self) -> None:
+        """Called by the owner of a shared connection when it has reconnected."""
+        self._notified = True
+        self._wake.set()
 
     @property
     def owns_connection(self) -> bool:
@@ -185,7 +193,8 @@ class NatsBus:
             if remaining <= 0:
                 break
             self._wake.clear()
-            await wait_event(self._wake, min(remaining, self._settings.reconnect_check_interval))
+            poll = remaining if self._notified else self._settings.reconnect_check_interval
+            await wait_event(self._wake, min(remaining, poll))
         return self.reconnects()
 
     def _client(self) -> Client:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import nats
 import structlog
@@ -70,6 +70,7 @@ class SimulatedFleet:
         self.agents: list[Agent] = []
         self.backends: list[SimulatedCluster] = []
         self.failed: dict[str, str] = {}
+        self._buses: dict[int, list[NatsBus]] = {}
 
     async def __aenter__(self) -> SimulatedFleet:
         await self.start()
@@ -82,7 +83,7 @@ class SimulatedFleet:
         """Connect, then register and start every agent, a bounded number at a time."""
         if self._owns_clients:
             assert self._url is not None
-            for _ in range(self._connections):
+            for index in range(self._connections):
                 try:
                     client = await nats.connect(
                         servers=self._url.split(","),
@@ -90,6 +91,7 @@ class SimulatedFleet:
                         max_reconnect_attempts=-1,
                         reconnect_time_wait=self.settings.reconnect_wait,
                         allow_reconnect=True,
+                        reconnected_cb=self._reconnected_cb(index),
                     )
                 except (nats.errors.Error, OSError, TimeoutError) as exc:
                     await self._close_clients()
@@ -111,8 +113,12 @@ class SimulatedFleet:
             client = self._clients[index % len(self._clients)]
             seed = None if self.settings.sim_seed is None else self.settings.sim_seed + index
             backend = SimulatedCluster.from_settings(self.settings, seed=seed)
+            bus = NatsBus(self.settings, client=client, name=name)
+            if self._owns_clients:
+                bus.notify_reconnected()  # promise: our reconnected_cb will wake it
+                self._buses.setdefault(index % len(self._clients), []).append(bus)
             agent = Agent(
-                bus=NatsBus(self.settings, client=client, name=name),
+                bus=bus,
                 backend=backend,
                 store=MemoryStore(),
                 blob_cache=self.blob_cache,
@@ -136,6 +142,15 @@ class SimulatedFleet:
         self.agents = [a for a in started if a is not None]
         log.info("simfleet.started", agents=len(self.agents), failed=len(self.failed))
 
+    def _reconnected_cb(self, index: int) -> Callable[[], Awaitable[None]]:
+        """Tell every bus on connection ``index`` that it reconnected (no polling)."""
+
+        async def reconnected() -> None:
+            for bus in self._buses.get(index, []):
+                bus.notify_reconnected()
+
+        return reconnected
+
     async def stop(self) -> None:
         await asyncio.gather(*(a.stop() for a in self.agents), return_exceptions=True)
         self.agents = []
@@ -144,10 +159,10 @@ class SimulatedFleet:
     async def _close_clients(self) -> None:
         if not self._owns_clients:
             return
+        # The agents have unsubscribed and flushed their status already: close, no drain.
         for client in self._clients:
             with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
-                async with asyncio.timeout(self.settings.drain_timeout):
-                    await client.drain()
+                await client.close()
         self._clients = []
 
     def ready_count(self) -> int:
