@@ -8,18 +8,14 @@ a global.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-ENV_PREFIX = "SHOAL_"
+from protocol.settings import EnvSettings
 
 
-class ServerSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class ServerSettings(EnvSettings):
     data_dir: Path = Field(
         default=Path(".shoal"),
         description="Where the embedded NATS keeps JetStream files (streams, KV, blobs).",
@@ -61,14 +57,3 @@ class ServerSettings(BaseModel):
         description="Seconds a class that no cluster uses keeps its desired state before it "
         "is purged, so agents that have not yet seen a new schema are not left empty.",
     )
-
-    @classmethod
-    def from_env(cls, **overrides: Any) -> ServerSettings:
-        """Settings from ``SHOAL_*`` variables, then explicit overrides (flags) on top."""
-        values: dict[str, Any] = {}
-        for name in cls.model_fields:
-            env = os.environ.get(ENV_PREFIX + name.upper())
-            if env is not None:
-                values[name] = env
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(values)

@@ -9,18 +9,13 @@ of agents with one shared, fast-ticking settings object in tests.
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from pydantic import Field
 
-from pydantic import BaseModel, ConfigDict, Field
-
-ENV_PREFIX = "SHOAL_"
+from protocol.settings import EnvSettings
 
 
-class AgentSettings(BaseModel):
+class AgentSettings(EnvSettings):
     """All durations are in seconds."""
-
-    model_config = ConfigDict(frozen=True)
 
     # --- bus ---------------------------------------------------------------
     request_timeout: float = Field(
@@ -115,14 +110,3 @@ class AgentSettings(BaseModel):
     sim_seed: int | None = Field(
         default=None, description="Seed of the simulated backend's RNG (reproducible runs)."
     )
-
-    @classmethod
-    def from_env(cls, **overrides: Any) -> AgentSettings:
-        """Settings from ``SHOAL_*`` variables, then explicit overrides (flags) on top."""
-        values: dict[str, Any] = {}
-        for name in cls.model_fields:
-            env = os.environ.get(ENV_PREFIX + name.upper())
-            if env is not None:
-                values[name] = env
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(values)

@@ -88,7 +88,7 @@ async def run(args: argparse.Namespace) -> int:
         labels = parse_labels(args.labels)
     except ProtocolError as exc:
         raise UsageError(str(exc)) from exc
-    settings = AgentSettings.from_env()
+    settings = AgentSettings.from_env(os.environ)
     try:
         args.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:

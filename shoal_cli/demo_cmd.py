@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -121,7 +122,7 @@ async def run(args: argparse.Namespace) -> int:
                 fleet = SimulatedFleet(
                     count=args.clusters,
                     token=token,
-                    settings=AgentSettings.from_env(),
+                    settings=AgentSettings.from_env(os.environ),
                     url=plane.url,
                     connections=max(1, min(8, args.clusters // AGENTS_PER_CONNECTION + 1)),
                     labels_for=demo_labels,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ def add_parser(commands: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     settings = ServerSettings.from_env(
+        os.environ,
         data_dir=args.data_dir,
         host=args.host,
         port=args.port,
