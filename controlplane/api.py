@@ -9,12 +9,14 @@ nothing a client sends can crash the control plane.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from controlplane.errors import RequestRejected
 from controlplane.fleet import Fleet
@@ -33,12 +35,27 @@ log = structlog.get_logger(__name__)
 
 Handler = Callable[[bytes, str], Awaitable[WireMessage]]
 
+# How long a status summary waits for the replicas owning every shard to answer.
+GATHER_TIMEOUT = 2.0
+
 
 class Api:
-    def __init__(self, nc: Client, fleet: Fleet, counters: Counter[str]) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        fleet: Fleet,
+        counters: Counter[str],
+        *,
+        replica: str,
+        shards: int,
+        owned: Callable[[], Iterable[int]],
+    ) -> None:
         self._nc = nc
         self._fleet = fleet
         self.counters = counters
+        self._replica = replica
+        self._shards = shards
+        self._owned = owned
         self.handlers: dict[str, Handler] = {
             subjects.REGISTER: self.register,
             admin.TokenCreate.OP: self.token_create,
@@ -58,6 +75,7 @@ class Api:
         await self._nc.subscribe(
             f"{subjects.PREFIX}.agent.*.hello", queue="shoal-api", cb=self._dispatch
         )
+        await self._nc.subscribe(subjects.INTERNAL_SUMMARY, cb=self._summary)
         # The server knows the subscriptions once this returns: a request sent right
         # after start() finds a responder.
         await self._nc.flush()
@@ -136,11 +154,63 @@ class Api:
 
     async def bundle_list(self, data: bytes, subject: str) -> WireMessage:
         codec.decode(data, admin.BundleList)
-        return admin.BundleListReply(bundles=tuple(self._fleet.bundle_summaries()))
+        parts = await self.gather(with_clusters=False)
+        return admin.BundleListReply(bundles=tuple(self._fleet.bundle_summaries(parts)))
 
     async def cluster_list(self, data: bytes, subject: str) -> WireMessage:
         codec.decode(data, admin.ClusterList)
-        return admin.ClusterListReply(clusters=tuple(self._fleet.cluster_summaries()))
+        parts = await self.gather(with_clusters=True)
+        return admin.ClusterListReply(clusters=tuple(self._fleet.cluster_summaries(parts)))
+
+    # -- the fleet's status, gathered from the replicas that own its shards --
+
+    async def _summary(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            request = codec.decode(msg.data, admin.ShardSummaryRequest)
+        except DecodeError as exc:
+            self.counters["requests_malformed"] += 1
+            log.warning("api.request.malformed", subject=msg.subject, error=str(exc))
+            return
+        part = self._fleet.shard_summary(
+            self._replica, self._owned(), with_clusters=request.with_clusters
+        )
+        await self._nc.publish(msg.reply, codec.encode(part))
+
+    async def gather(self, *, with_clusters: bool) -> list[admin.ShardSummary]:
+        """Every replica's part, until all shards are covered or GATHER_TIMEOUT passes."""
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        parts: list[admin.ShardSummary] = []
+        covered: set[int] = set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GATHER_TIMEOUT
+        try:
+            request = admin.ShardSummaryRequest(with_clusters=with_clusters)
+            await self._nc.publish(subjects.INTERNAL_SUMMARY, codec.encode(request), reply=inbox)
+            while len(covered) < self._shards:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    self.counters["summaries_incomplete"] += 1
+                    log.warning("api.summary.incomplete", missing=self._shards - len(covered))
+                    break
+                try:
+                    msg = await sub.next_msg(timeout=remaining)
+                except (TimeoutError, NatsTimeoutError):
+                    continue
+                try:
+                    part = codec.decode(msg.data, admin.ShardSummary)
+                except DecodeError:
+                    self.counters["requests_malformed"] += 1
+                    continue
+                fresh = set(part.shards) - covered
+                if fresh or not part.shards:
+                    parts.append(part)
+                covered |= fresh
+        finally:
+            await sub.unsubscribe()
+        return parts
 
     async def group_set(self, data: bytes, subject: str) -> WireMessage:
         await self._fleet.set_group(codec.decode(data, admin.GroupSet).group)
@@ -162,4 +232,6 @@ class Api:
         counters["clusters"] = len(self._fleet.registry)
         counters["classes"] = len(self._fleet.registry.classes)
         counters["bundles"] = len(self._fleet.bundles)
+        counters["shards_owned"] = len(list(self._owned()))
+        counters["leader"] = int(self._fleet.leader)
         return admin.StatsReply(counters=counters)

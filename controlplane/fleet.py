@@ -14,24 +14,28 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import Counter
+from collections.abc import Iterable
 
 import structlog
-from nats.js.errors import KeyNotFoundError, NoKeysError, ObjectNotFoundError
+from nats.js.errors import ObjectNotFoundError
 
 from controlplane import sources
 from controlplane.errors import AuthError, BundleInvalid, NotFound
 from controlplane.publisher import DesiredPublisher, Key
 from controlplane.registry import ClusterRecord, Registry, StoredCluster, secret_digest, shard_of
 from controlplane.settings import ServerSettings
-from controlplane.status import Liveness, StatusBook
+from controlplane.status import Liveness, StatusBook, summarise
 from controlplane.streams import Stores
 from controlplane.targeting import BundleRecord, Resolved, compute_schema, resolve_class
 from controlplane.tokens import Tokens
+from controlplane.watch import BucketFollower
 from protocol import admin, codec, ids
 from protocol.errors import DecodeError, InvalidNameError
 from protocol.messages import Heartbeat, StatusReport
 from protocol.models import ClusterGroup, validate_cluster_name
 from protocol.selectors import validate_labels
+from protocol.states import State
 
 log = structlog.get_logger(__name__)
 
@@ -54,42 +58,73 @@ class Fleet:
         self.status = StatusBook()
         self.liveness = Liveness(settings.heartbeat_timeout)
         self.started_at = time.time()
+        self.leader = False
+        self._loaded = False
         self._lock = asyncio.Lock()
 
     # -- loading -------------------------------------------------------------
 
-    async def load(self) -> None:
-        for bucket, sink in ((self._stores.bundles, "bundles"), (self._stores.groups, "groups")):
-            try:
-                keys = await bucket.keys()
-            except NoKeysError:
-                continue
-            for key in keys:
-                try:
-                    entry = await bucket.get(key)
-                except KeyNotFoundError:
-                    continue
-                if not entry.value:
-                    continue
-                if sink == "bundles":
-                    record = BundleRecord.model_validate_json(entry.value)
-                    self.bundles[record.spec.name] = record
-                else:
-                    group = ClusterGroup.model_validate_json(entry.value)
-                    self.groups[group.name] = group
-        await self.registry.load()
+    async def load(self) -> list[BucketFollower]:
+        """Read bundles, groups and clusters; returns followers to run for later changes."""
+        followers = [
+            BucketFollower(self._stores.bundles, self._bundle_changed, name="bundles"),
+            BucketFollower(self._stores.groups, self._group_changed, name="groups"),
+            BucketFollower(self._stores.clusters, self._cluster_changed, name="clusters"),
+        ]
+        for follower in followers:
+            await follower.load()
         await self.publisher.load()
         if self.publisher.schema is not None:
             self.registry.set_schema(self.publisher.schema)
-        now = time.time()
-        for cluster in self.registry:
-            self.liveness.seen(cluster.id, now + self._settings.startup_grace)
+        self._loaded = True
         log.info(
             "fleet.loaded",
             bundles=len(self.bundles),
             groups=len(self.groups),
             clusters=len(self.registry),
         )
+        return followers
+
+    async def _bundle_changed(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            changed = self.bundles.pop(key, None) is not None
+        else:
+            record = BundleRecord.model_validate_json(value)
+            changed = self.bundles.get(key) != record
+            self.bundles[key] = record
+        if changed and self._loaded:
+            await self.retarget()
+
+    async def _group_changed(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            changed = self.groups.pop(key, None) is not None
+        else:
+            group = ClusterGroup.model_validate_json(value)
+            changed = self.groups.get(key) != group
+            self.groups[key] = group
+        if changed and self._loaded:
+            await self.retarget()
+
+    async def _cluster_changed(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            return  # clusters are not deleted yet
+        stored = StoredCluster.model_validate_json(value)
+        known = self.registry.clusters.get(key)
+        if known is not None and known.stored == stored:
+            return
+        _, new_class = self.registry.index(stored)
+        if new_class and self._loaded:
+            await self.retarget()
+
+    async def set_leader(self, leader: bool) -> None:
+        """Become or stop being the replica that publishes desired state."""
+        if leader == self.leader:
+            return
+        self.leader = leader
+        log.info("fleet.leadership", leader=leader)
+        if leader:
+            await self.publisher.load()  # another leader may have published meanwhile
+            await self.retarget()
 
     # -- targeting -----------------------------------------------------------
 
@@ -111,6 +146,8 @@ class Fleet:
                 ).items():
                     desired[(label_class.id, bundle)] = resolved
             self.desired = desired
+            if not self.leader:
+                return 0
             live = set(self.registry.classes)
             published = await self.publisher.sync(desired, live_classes=live, schema=schema)
             await self.publisher.purge_orphans(live_classes=live)
@@ -169,7 +206,7 @@ class Fleet:
         if name not in self.bundles:
             raise NotFound(f"no bundle named {name!r}")
         await self._stores.bundles.delete(name)
-        del self.bundles[name]
+        self.bundles.pop(name, None)  # the KV watch may have been first
         published = await self.retarget()
         log.info("bundle.deleted", bundle=name, published=published)
         return admin.BundleDeleted(name=name, published=published)
@@ -183,7 +220,7 @@ class Fleet:
         if name not in self.groups:
             raise NotFound(f"no cluster group named {name!r}")
         await self._stores.groups.delete(name)
-        del self.groups[name]
+        self.groups.pop(name, None)  # the KV watch may have been first
         await self.retarget()
 
     # -- clusters ------------------------------------------------------------
@@ -281,13 +318,66 @@ class Fleet:
                 log.info("cluster.offline", cluster=record.name, last_seen=record.last_seen)
         return marked
 
+    # -- shards --------------------------------------------------------------
+
+    def acquire_shard(self, shard: int) -> None:
+        """Start tracking liveness of the shard's clusters, with the start-up grace."""
+        deadline = time.time() + self._settings.startup_grace
+        for record in self.registry:
+            if record.stored.shard == shard:
+                self.liveness.seen(record.id, deadline)
+
+    def release_shard(self, shard: int) -> None:
+        """Forget what we knew of the shard's clusters: its new owner counts them now."""
+        for record in self.registry:
+            if record.stored.shard != shard:
+                continue
+            self.status.forget(record)
+            self.registry.set_offline(record, False)
+            self.liveness.forget(record.id)
+            record.status_key = (0.0, 0)
+            record.last_seen = None
+
+    def shard_summary(
+        self, replica: str, shards: Iterable[int], *, with_clusters: bool
+    ) -> admin.ShardSummary:
+        owned = tuple(sorted(shards))
+        class_offline = {c.id: c.offline for c in self.registry.classes.values() if c.offline}
+        clusters: dict[str, admin.ClusterLive] = {}
+        if with_clusters:
+            mine = set(owned)
+            clusters = {
+                r.id: admin.ClusterLive(
+                    reported=r.reported, offline=r.offline, last_seen=r.last_seen
+                )
+                for r in self.registry
+                if r.stored.shard in mine
+            }
+        return admin.ShardSummary(
+            replica=replica,
+            shards=owned,
+            counts=self.status.partial_counts(),
+            class_offline=class_offline,
+            clusters=clusters,
+        )
+
     # -- read side -----------------------------------------------------------
 
-    def bundle_summaries(self) -> list[admin.BundleSummary]:
+    def bundle_summaries(self, parts: Iterable[admin.ShardSummary]) -> list[admin.BundleSummary]:
+        counts: dict[str, Counter[tuple[str, State]]] = {}
+        class_offline: Counter[str] = Counter()
+        for part in parts:
+            for bundle, rows in part.counts.items():
+                counter = counts.setdefault(bundle, Counter())
+                for dep, state, n in rows:
+                    counter[(dep, state)] += n
+            class_offline.update(part.class_offline)
         out = []
         for name in sorted(self.bundles):
             record = self.bundles[name]
-            states, targeted, deployments = self.status.summary(name, self.registry, self.desired)
+            states, targeted, deployments = summarise(
+                name, counts.get(name, Counter()), self.registry, class_offline, self.desired
+            )
             out.append(
                 admin.BundleSummary(
                     name=name,
@@ -302,17 +392,26 @@ class Fleet:
             )
         return out
 
-    def cluster_summaries(self) -> list[admin.ClusterSummary]:
+    def cluster_summaries(self, parts: Iterable[admin.ShardSummary]) -> list[admin.ClusterSummary]:
+        live: dict[str, admin.ClusterLive] = {}
+        for part in parts:
+            live.update(part.clusters)
         bundles = sorted(self.bundles)
-        return [
-            admin.ClusterSummary(
-                id=record.id,
-                name=record.name,
-                labels=record.stored.labels,
-                class_id=record.class_id,
-                bundles=StatusBook.cluster_states(record, self.desired, bundles),
-                offline=record.offline,
-                last_seen=record.last_seen,
+        unknown = admin.ClusterLive()
+        out = []
+        for record in sorted(self.registry, key=lambda r: r.name):
+            known = live.get(record.id, unknown)
+            out.append(
+                admin.ClusterSummary(
+                    id=record.id,
+                    name=record.name,
+                    labels=record.stored.labels,
+                    class_id=record.class_id,
+                    bundles=StatusBook.cluster_states(
+                        record.class_id, known.reported, self.desired, bundles
+                    ),
+                    offline=known.offline,
+                    last_seen=known.last_seen,
+                )
             )
-            for record in sorted(self.registry, key=lambda r: r.name)
-        ]
+        return out

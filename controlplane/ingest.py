@@ -11,6 +11,7 @@ is counted, logged with its subject, and dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 
@@ -24,6 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from controlplane.fleet import Fleet
 from controlplane.settings import ServerSettings
+from controlplane.tasks import TaskSet
 from protocol import subjects
 from protocol.errors import DecodeError
 
@@ -42,13 +44,17 @@ class Ingest:
         fleet: Fleet,
         settings: ServerSettings,
         counters: Counter[str],
+        *,
+        tasks: TaskSet,
     ) -> None:
         self._nc = nc
         self._js = js
         self._fleet = fleet
         self._settings = settings
         self.counters = counters
+        self._tasks = tasks
         self._heartbeat_subs: dict[int, Subscription] = {}
+        self._consumers: dict[int, asyncio.Task[None]] = {}
 
     def handle(self, subject: str, data: bytes, *, kind: str) -> None:
         try:
@@ -63,10 +69,26 @@ class Ingest:
     async def _on_heartbeat(self, msg: Msg) -> None:
         self.handle(msg.subject, msg.data, kind="heartbeat")
 
-    async def watch_heartbeats(self, shard: int) -> None:
+    async def start_shard(self, shard: int) -> None:
+        """Begin ingesting a shard this replica now owns."""
+        self._fleet.acquire_shard(shard)
         self._heartbeat_subs[shard] = await self._nc.subscribe(
             subjects.heartbeat_shard(shard), cb=self._on_heartbeat
         )
+        self._consumers[shard] = self._tasks.spawn(f"status-{shard}", self.consume_status(shard))
+
+    async def stop_shard(self, shard: int) -> None:
+        """Stop ingesting a shard this replica no longer owns, and forget its state."""
+        task = self._consumers.pop(shard, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        sub = self._heartbeat_subs.pop(shard, None)
+        if sub is not None:
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                await sub.unsubscribe()
+        self._fleet.release_shard(shard)
 
     async def consume_status(self, shard: int) -> None:
         """Read the shard's status reports forever, recreating the consumer on failure."""

@@ -16,7 +16,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -83,25 +82,13 @@ class Registry:
         self.classes: dict[str, LabelClass] = {}
         self.schema = ClassSchema()
 
-    async def load(self) -> None:
-        try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            return
-        for key in keys:
-            try:
-                entry = await self._kv.get(key)
-            except KeyNotFoundError:
-                continue
-            if entry.value:
-                self._index(StoredCluster.model_validate_json(entry.value))
-
     async def save(self, stored: StoredCluster) -> tuple[ClusterRecord, bool]:
         """Persist a registration; returns the record and whether its class is new."""
         await self._kv.put(stored.id, stored.model_dump_json().encode())
-        return self._index(stored)
+        return self.index(stored)
 
-    def _index(self, stored: StoredCluster) -> tuple[ClusterRecord, bool]:
+    def index(self, stored: StoredCluster) -> tuple[ClusterRecord, bool]:
+        """Take a registration into memory; returns the record and whether its class is new."""
         record = self.clusters.get(stored.id)
         if record is None:
             record = ClusterRecord(stored=stored)

@@ -28,6 +28,7 @@ from controlplane.fleet import Fleet
 from controlplane.ingest import Ingest
 from controlplane.publisher import DesiredPublisher
 from controlplane.settings import ServerSettings
+from controlplane.shards import ShardLeases, leases_bucket
 from controlplane.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
@@ -49,6 +50,7 @@ class ControlPlane:
         self._fleet: Fleet | None = None
         self._tasks = TaskSet("controlplane")
         self._stopping = False
+        self.leases: ShardLeases | None = None
 
     @property
     def fleet(self) -> Fleet:
@@ -111,17 +113,33 @@ class ControlPlane:
             self._js, timeout=settings.request_timeout, purge_grace=settings.class_purge_grace
         )
         self._fleet = Fleet(stores, publisher, settings)
-        await self._fleet.load()
-        await self._fleet.retarget()
-        api = Api(self._nc, self._fleet, self.counters)
+        followers = await self._fleet.load()
+        for follower in followers:
+            self._tasks.spawn("kv-follow", follower.follow())
+        ingest = Ingest(self._nc, self._js, self._fleet, settings, self.counters, tasks=self._tasks)
+        self.leases = ShardLeases(
+            await leases_bucket(self._js, ttl=settings.lease_ttl, replicas=settings.replicas),
+            replica=settings.replica_id,
+            shards=settings.shards,
+            ttl=settings.lease_ttl,
+            on_acquire=ingest.start_shard,
+            on_release=ingest.stop_shard,
+            on_leadership=self._fleet.set_leader,
+        )
+        api = Api(
+            self._nc,
+            self._fleet,
+            self.counters,
+            replica=settings.replica_id,
+            shards=settings.shards,
+            owned=lambda: self.leases.owned if self.leases else (),
+        )
         await api.start()
-        ingest = Ingest(self._nc, self._js, self._fleet, settings, self.counters)
-        for shard in range(settings.shards):
-            await ingest.watch_heartbeats(shard)
-            self._tasks.spawn(f"status-{shard}", ingest.consume_status(shard))
-        await self._nc.flush()
+        await self.leases.tick()  # take our share (all shards, when alone) before serving
+        self._tasks.spawn("leases", self.leases.run())
         self._tasks.spawn("offline-sweep", ingest.sweep_offline())
         self._tasks.spawn("class-purge", self._purge_loop())
+        await self._nc.flush()
 
     async def _purge_loop(self) -> None:
         while True:
@@ -135,6 +153,9 @@ class ControlPlane:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.leases is not None:
+            with contextlib.suppress(Exception):  # best effort: the TTL frees them anyway
+                await asyncio.wait_for(self.leases.release_all(), DRAIN_TIMEOUT)
         await self._tasks.cancel_all()
         nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:

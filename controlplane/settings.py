@@ -8,6 +8,9 @@ a global.
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from pathlib import Path
 
 from pydantic import Field
@@ -32,6 +35,15 @@ class ServerSettings(EnvSettings):
     shards: int = Field(
         default=16,
         description="Shards clusters hash into; fixed when the first cluster registers.",
+    )
+    lease_ttl: float = Field(
+        default=10.0,
+        description="Seconds a shard lease lives unrenewed: a dead replica's shards move to "
+        "the others within this time. Leases renew three times per TTL.",
+    )
+    replica_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+        description="This replica's name in the shard leases; unique per process.",
     )
     heartbeat_timeout: float = Field(
         default=20.0,

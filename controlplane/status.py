@@ -64,47 +64,28 @@ class StatusBook:
             self._add(record, -1)
         record.reported = {}
 
-    def summary(
-        self, bundle: str, registry: Registry, desired: Desired
-    ) -> tuple[dict[State, int], int, list[str]]:
-        """(state -> count, clusters targeted, deployment IDs) for one bundle."""
-        expected: Counter[str] = Counter()
-        offline: Counter[str] = Counter()
-        for label_class in registry.classes.values():
-            resolved = desired.get((label_class.id, bundle))
-            if resolved is None:
-                continue
-            expected[resolved.deployment_id] += len(label_class.members)
-            offline[resolved.deployment_id] += label_class.offline
-        states: Counter[State] = Counter()
-        counts = self.counts.get(bundle, Counter())
-        stale = sum(n for (dep, _), n in counts.items() if dep not in expected)
-        for dep, total in expected.items():
-            reported = 0
-            for (counted_dep, state), n in counts.items():
-                if counted_dep == dep:
-                    states[state] += n
-                    reported += n
-            waiting = max(0, total - offline[dep] - reported)
-            out_of_sync = min(waiting, stale)
-            stale -= out_of_sync
-            states[State.OUT_OF_SYNC] += out_of_sync
-            states[State.WAIT_APPLIED] += waiting - out_of_sync
-            states[State.OFFLINE] += offline[dep]
-        result = {state: n for state, n in states.items() if n > 0}
-        return result, sum(expected.values()), sorted(expected)
+    def partial_counts(self) -> dict[str, tuple[tuple[str, State, int], ...]]:
+        """This replica's counts, for the fleet-wide summary (see :func:`summarise`)."""
+        return {
+            bundle: tuple((dep, state, n) for (dep, state), n in counter.items())
+            for bundle, counter in self.counts.items()
+            if counter
+        }
 
     @staticmethod
     def cluster_states(
-        record: ClusterRecord, desired: Desired, bundles: list[str]
+        class_id: str,
+        reported_states: Mapping[str, tuple[str, State]],
+        desired: Desired,
+        bundles: list[str],
     ) -> dict[str, State]:
-        """bundle -> state for the bundles that target this cluster."""
+        """bundle -> state for the bundles that target a cluster of ``class_id``."""
         out: dict[str, State] = {}
         for bundle in bundles:
-            resolved = desired.get((record.class_id, bundle))
+            resolved = desired.get((class_id, bundle))
             if resolved is None:
                 continue
-            reported = record.reported.get(bundle)
+            reported = reported_states.get(bundle)
             if reported is None:
                 out[bundle] = State.WAIT_APPLIED
             elif reported[0] != resolved.deployment_id:
@@ -112,6 +93,46 @@ class StatusBook:
             else:
                 out[bundle] = reported[1]
         return out
+
+
+def summarise(
+    bundle: str,
+    counts: Mapping[tuple[str, State], int],
+    registry: Registry,
+    class_offline: Mapping[str, int],
+    desired: Desired,
+) -> tuple[dict[State, int], int, list[str]]:
+    """(state -> count, clusters targeted, deployment IDs) for one bundle.
+
+    ``counts`` are the fleet's online clusters per (deployment ID, state) for the
+    bundle and ``class_offline`` the offline clusters per class, both summed over
+    the replicas that own the shards; class sizes come from the registry, which
+    every replica holds whole.
+    """
+    expected: Counter[str] = Counter()
+    offline: Counter[str] = Counter()
+    for label_class in registry.classes.values():
+        resolved = desired.get((label_class.id, bundle))
+        if resolved is None:
+            continue
+        expected[resolved.deployment_id] += len(label_class.members)
+        offline[resolved.deployment_id] += class_offline.get(label_class.id, 0)
+    states: Counter[State] = Counter()
+    stale = sum(n for (dep, _), n in counts.items() if dep not in expected)
+    for dep, total in expected.items():
+        reported = 0
+        for (counted_dep, state), n in counts.items():
+            if counted_dep == dep:
+                states[state] += n
+                reported += n
+        waiting = max(0, total - offline[dep] - reported)
+        out_of_sync = min(waiting, stale)
+        stale -= out_of_sync
+        states[State.OUT_OF_SYNC] += out_of_sync
+        states[State.WAIT_APPLIED] += waiting - out_of_sync
+        states[State.OFFLINE] += offline[dep]
+    result = {state: n for state, n in states.items() if n > 0}
+    return result, sum(expected.values()), sorted(expected)
 
 
 class Liveness:

@@ -135,3 +135,31 @@ class StatsReply(WireMessage):
 
 class Ok(WireMessage):
     KIND: ClassVar[str] = "ok"
+
+
+class ShardSummaryRequest(WireMessage):
+    """Asked of every control-plane replica on ``shoal.v1.internal.summary``."""
+
+    KIND: ClassVar[str] = "shard_summary_request"
+    with_clusters: bool = False
+
+
+class ClusterLive(WireMessage):
+    """What only the replica owning a cluster's shard knows about it."""
+
+    KIND: ClassVar[str] = "cluster_live"
+    reported: dict[str, tuple[str, State]] = Field(default_factory=dict)
+    offline: bool = False
+    last_seen: float | None = None
+
+
+class ShardSummary(WireMessage):
+    """One replica's part of the fleet's status: the shards it owns."""
+
+    KIND: ClassVar[str] = "shard_summary"
+    replica: str
+    shards: tuple[int, ...] = ()
+    # bundle -> [(deployment ID, state, count)] over online clusters
+    counts: dict[str, tuple[tuple[str, State, int], ...]] = Field(default_factory=dict)
+    class_offline: dict[str, int] = Field(default_factory=dict)
+    clusters: dict[str, ClusterLive] = Field(default_factory=dict)

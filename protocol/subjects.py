@@ -86,6 +86,10 @@ def hello(cluster_id: str) -> str:
     return f"{PREFIX}.agent.{_token(cluster_id, 'cluster')}.hello"
 
 
+# Control-plane replicas ask each other for their shards' status here.
+INTERNAL_SUMMARY = f"{PREFIX}.internal.summary"
+
+
 def admin(op: str) -> str:
     return f"{PREFIX}.admin.{op}"
 

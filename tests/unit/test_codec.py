@@ -85,6 +85,10 @@ CLUSTER_SUMMARY = admin.ClusterSummary(
     last_seen=1767225600.25,
 )
 
+CLUSTER_LIVE = admin.ClusterLive(
+    reported={"web": (DEPLOYMENT_ID, State.NOT_READY)}, offline=True, last_seen=1767225600.5
+)
+
 EXAMPLES: dict[str, WireMessage] = {
     "schema": messages.SchemaMessage(
         class_schema=ClassSchema(epoch=4, keys={"@name": ("c1",), "env": ("dev", "prod")})
@@ -132,6 +136,15 @@ EXAMPLES: dict[str, WireMessage] = {
     "stats": admin.Stats(),
     "stats_reply": admin.StatsReply(counters={"heartbeat_ingested": 12, "status_dropped": 0}),
     "ok": admin.Ok(),
+    "shard_summary_request": admin.ShardSummaryRequest(with_clusters=True),
+    "cluster_live": CLUSTER_LIVE,
+    "shard_summary": admin.ShardSummary(
+        replica="cp-1",
+        shards=(0, 3),
+        counts={"web": ((DEPLOYMENT_ID, State.READY, 12), (DEPLOYMENT_ID, State.MODIFIED, 1))},
+        class_offline={"0123456789abcdef": 2},
+        clusters={"7f3c": CLUSTER_LIVE},
+    ),
 }
 
 
