@@ -19,3 +19,42 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
         yield server
     finally:
         await server.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def nats_cluster(tmp_path: Path) -> AsyncIterator[list[EmbeddedNats]]:
+    """Three JetStream nats-servers routed into one cluster, all on 127.0.0.1."""
+    cluster_ports = [_free_port() for _ in range(3)]
+    routes = ",".join(f"nats://127.0.0.1:{p}" for p in cluster_ports)
+    servers = [
+        EmbeddedNats(
+            store_dir=tmp_path / f"n{i}",
+            extra_args=[
+                "--server_name",
+                f"n{i}",
+                "--cluster_name",
+                "shoal-test",
+                "--cluster",
+                f"nats://127.0.0.1:{port}",
+                "--routes",
+                routes,
+            ],
+        )  # fmt: skip
+        for i, port in enumerate(cluster_ports)
+    ]
+    try:
+        for server in servers:
+            await server.start()
+        yield servers
+    finally:
+        for server in servers:
+            await server.stop()
