@@ -34,22 +34,11 @@ async def nats_cluster(tmp_path: Path) -> AsyncIterator[list[EmbeddedNats]]:
     """Three JetStream nats-servers routed into one cluster, all on 127.0.0.1."""
     cluster_ports = [_free_port() for _ in range(3)]
     routes = ",".join(f"nats://127.0.0.1:{p}" for p in cluster_ports)
-    servers = [
-        EmbeddedNats(
-            store_dir=tmp_path / f"n{i}",
-            extra_args=[
-                "--server_name",
-                f"n{i}",
-                "--cluster_name",
-                "shoal-test",
-                "--cluster",
-                f"nats://127.0.0.1:{port}",
-                "--routes",
-                routes,
-            ],
-        )  # fmt: skip
-        for i, port in enumerate(cluster_ports)
-    ]
+    servers = []
+    for i, port in enumerate(cluster_ports):
+        args = ["--server_name", f"n{i}", "--cluster_name", "shoal-test"]
+        args += ["--cluster", f"nats://127.0.0.1:{port}", "--routes", routes]
+        servers.append(EmbeddedNats(store_dir=tmp_path / f"n{i}", extra_args=args))
     try:
         for server in servers:
             await server.start()
