@@ -1,0 +1,154 @@
+"""``python -m benchmarks SCENARIO``: run one named scale scenario and record its figures.
+
+Each scenario lives in its own module and returns a flat dict of figures.
+This module adds the machine facts and the command, prints progress on
+stderr, writes the result as JSON under ``benchmarks/results/`` (or
+``--results-dir``) and, with ``--json``, prints the same object as the last
+line of stdout, which is the contract scripts and the test rely on. The exit
+status is non-zero when the scenario did not converge or failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from benchmarks import harness, heartbeat, rollout
+from shoal_cli import logs
+
+DEFAULT_CLUSTERS = 1000
+DEFAULT_CLASSES = 4
+DEFAULT_TIMEOUT = 300.0
+DEFAULT_WINDOW = 10.0
+DEFAULT_HEARTBEAT_INTERVAL = 0.5
+HARNESS_LOG_LEVEL = "warning"
+
+Scenario = Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]]
+
+
+async def _rollout(args: argparse.Namespace) -> dict[str, Any]:
+    return await rollout.run(clusters=args.clusters, classes=args.classes, timeout=args.timeout)
+
+
+async def _heartbeat(args: argparse.Namespace) -> dict[str, Any]:
+    return await heartbeat.run(
+        clusters=args.clusters,
+        classes=args.classes,
+        timeout=args.timeout,
+        window=args.window,
+        interval=args.heartbeat_interval,
+    )
+
+
+SCENARIOS: dict[str, tuple[Scenario, str]] = {
+    "rollout": (
+        _rollout,
+        "N clusters in K label classes, one bundle change: seconds until the control plane "
+        "shows all Ready, its publishes, memory per cluster, desired bytes per cluster, "
+        "with the raw NATS reference and the one-message-per-cluster ablation",
+    ),
+    "heartbeat": (
+        _heartbeat,
+        "steady state, no changes: heartbeats ingested per second by the control plane "
+        "and its CPU seconds over a window",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="shoal's scale benchmarks. Each run starts its own nats-server (127.0.0.1, "
+        "a free port) and a `shoal server` process, runs N simulated clusters (the real agent "
+        "with the simulated backend) in this process, prints progress on stderr and writes "
+        "its figures as JSON under benchmarks/results/. Scenarios: "
+        + "; ".join(f"{name}: {text}" for name, (_, text) in SCENARIOS.items()),
+    )
+    parser.add_argument("scenario", choices=sorted(SCENARIOS), help="which scenario to run")
+    parser.add_argument(
+        "--clusters",
+        type=int,
+        default=DEFAULT_CLUSTERS,
+        metavar="N",
+        help=f"simulated clusters (default {DEFAULT_CLUSTERS})",
+    )
+    parser.add_argument(
+        "--classes",
+        type=int,
+        default=DEFAULT_CLASSES,
+        metavar="K",
+        help=f"label classes the clusters fall into (default {DEFAULT_CLASSES})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help="seconds any one wait may take before the run gives up "
+        f"(default {DEFAULT_TIMEOUT:.0f})",
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=DEFAULT_WINDOW,
+        metavar="S",
+        help=f"heartbeat: seconds the ingest rate is measured over (default {DEFAULT_WINDOW:.0f})",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=DEFAULT_HEARTBEAT_INTERVAL,
+        metavar="S",
+        help="heartbeat: seconds between one cluster's heartbeats "
+        f"(default {DEFAULT_HEARTBEAT_INTERVAL})",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as one JSON object, the last line"
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=harness.RESULTS_DIR,
+        metavar="DIR",
+        help="where the result file goes (default benchmarks/results/)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.clusters < 1 or args.classes < 1 or args.timeout <= 0:
+        print("--clusters, --classes and --timeout must be positive", file=sys.stderr)
+        return 2
+    logs.configure(HARNESS_LOG_LEVEL)
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
+    func, _ = SCENARIOS[args.scenario]
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    started = time.monotonic()
+    result = asyncio.run(func(args))
+    result["command"] = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
+    result["started_at"] = started_at
+    result["wall_seconds"] = round(time.monotonic() - started, 1)
+    result["machine"] = harness.machine_facts()
+    result["ok"] = not result.get("errors")
+    path = harness.write_results(
+        result, scenario=args.scenario, clusters=args.clusters, directory=args.results_dir
+    )
+    harness.say(f"result written to {path}")
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

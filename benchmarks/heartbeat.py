@@ -1,0 +1,134 @@
+"""Scenario ``heartbeat``: steady state, no changes; heartbeat ingest rate and its CPU cost.
+
+N simulated clusters beat every ``--heartbeat-interval`` seconds (0.5 s by
+default, ten times faster than the agent's default, so a few thousand
+clusters offer the load of tens of thousands). After the fleet has converged
+on one bundle (so no status reports are due and every message is a bare
+heartbeat), the control plane's ``heartbeat_ingested`` counter and its CPU
+seconds (``/proc/<pid>/stat``) are read at both ends of a window:
+
+* ``heartbeats_per_second``: ingested by the control plane over the window;
+* ``offered_per_second``: sent by the agents over the same window (their
+  ``heartbeats_sent`` counters). When the two differ the control plane is
+  behind; when the offered rate is below N / interval, the simulated fleet
+  (one Python process on the same cores) is the limit, not the control plane;
+* ``cp_cpu_seconds`` and ``cp_cpu_per_1000_heartbeats`` over the window, and
+  the harness's own CPU seconds, so the reader sees who used the cores;
+* ``heartbeat_bytes``: mean payload size of heartbeats sampled on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from benchmarks import harness as h
+from benchmarks.rollout import connections_for
+from edgeagent.settings import AgentSettings
+from edgeagent.simfleet import SimulatedFleet
+from protocol import subjects
+
+BUNDLE = "base"
+SAMPLE_SECONDS = 1.0
+WARMUP_SECONDS = 2.0
+PER_THOUSAND = 1000
+
+
+async def run(
+    *, clusters: int, classes: int, timeout: float, window: float, interval: float
+) -> dict[str, Any]:
+    settings = AgentSettings(
+        status_interval=0.25,
+        heartbeat_interval=interval,
+        sim_readiness_delay=0.05,
+        observe_interval_not_ready=0.1,
+        resync_interval=3600.0,
+    )
+    result: dict[str, Any] = {
+        "scenario": "heartbeat",
+        "clusters": clusters,
+        "classes": classes,
+        "heartbeat_interval": interval,
+        "window_seconds": window,
+        "errors": [],
+    }
+    async with h.Bench() as bench, bench.client() as client:
+        assert bench.cp is not None
+        token = await bench.token(client)
+        await h.apply_bundle(client, BUNDLE, "0", selector=h.class_selector(classes))
+        connections = connections_for(clusters)
+        result["connections"] = connections
+        fleet = SimulatedFleet(
+            count=clusters,
+            token=token,
+            settings=settings,
+            url=bench.url,
+            connections=connections,
+            labels_for=h.class_labels(classes),
+        )
+        h.say(f"registering {clusters} clusters")
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                await fleet.start()
+            result["registration_seconds"] = round(time.monotonic() - started, 3)
+            ready, _ = await h.wait_ready(client, BUNDLE, clusters, timeout=timeout, label=BUNDLE)
+            result["ready"] = ready
+            await asyncio.sleep(WARMUP_SECONDS)
+            result["heartbeat_bytes"] = await _sample_size(client.nc)
+            result.update(await _measure(bench.cp, client, fleet, window=window))
+        finally:
+            await fleet.stop()
+    expected = clusters / interval
+    result["expected_per_second"] = round(expected, 1)
+    h.say(
+        f"heartbeat: {result.get('heartbeats_per_second')} ingested/s "
+        f"(offered {result.get('offered_per_second')}/s, nominal {expected:.0f}/s), "
+        f"control plane CPU {result.get('cp_cpu_seconds')} s over {window} s"
+    )
+    return result
+
+
+async def _sample_size(nc: Any) -> int:
+    sizes: list[int] = []
+
+    async def collect(msg: Msg) -> None:
+        sizes.append(len(msg.data))
+
+    sub = await nc.subscribe(subjects.HEARTBEAT_ALL, cb=collect)
+    await asyncio.sleep(SAMPLE_SECONDS)
+    await sub.unsubscribe()
+    return sum(sizes) // len(sizes) if sizes else 0
+
+
+async def _measure(
+    cp: h.ControlPlaneProcess, client: Any, fleet: SimulatedFleet, *, window: float
+) -> dict[str, Any]:
+    def sent() -> int:
+        return sum(a.reporter.heartbeats_sent for a in fleet.agents)
+
+    before = await h.stats(client)
+    cpu_before, own_before, sent_before = cp.cpu_seconds(), h.proc_cpu_seconds(os.getpid()), sent()
+    started = time.monotonic()
+    h.say(f"measuring heartbeat ingest over {window} s")
+    await asyncio.sleep(window)
+    after = await h.stats(client)
+    cpu, own = cp.cpu_seconds() - cpu_before, h.proc_cpu_seconds(os.getpid()) - own_before
+    elapsed = time.monotonic() - started
+    ingested = after.get("heartbeat_ingested", 0) - before.get("heartbeat_ingested", 0)
+    offered = sent() - sent_before
+    return {
+        "heartbeats_ingested": ingested,
+        "heartbeats_sent": offered,
+        "heartbeats_per_second": round(ingested / elapsed, 1),
+        "offered_per_second": round(offered / elapsed, 1),
+        "heartbeat_dropped": after.get("heartbeat_dropped", 0) - before.get("heartbeat_dropped", 0),
+        "cp_cpu_seconds": round(cpu, 3),
+        "cp_cpu_per_1000_heartbeats": round(cpu / ingested * PER_THOUSAND, 4) if ingested else None,
+        "harness_cpu_seconds": round(own, 3),
+        "cp_rss_bytes": cp.rss_bytes(),
+    }

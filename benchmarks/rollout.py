@@ -1,0 +1,272 @@
+"""Scenario ``rollout``: N clusters in K label classes, one bundle change, time to all Ready.
+
+Steps, each with its own figure in the result:
+
+1. A nats-server and the control plane (a separate ``shoal server`` process,
+   so its RSS and CPU are its own) start in a temporary directory.
+2. A first bundle ``base`` targets ``class in (c0,...,c{K-1})``. Applied before
+   any cluster exists, it makes ``class`` part of the schema so the K values
+   are K label classes; the high-cardinality ``shop`` label is read by no
+   selector and splits nothing.
+3. The simulated fleet (real agents, simulated backend, a few shared
+   connections, in this process) registers: ``registration_seconds``. The
+   control plane's RSS is read before and after: ``cp_rss_bytes_per_cluster``.
+   The fleet converges on ``base`` (``baseline_seconds``) before the change.
+4. The change: bundle ``web`` targeting every cluster is applied (blob upload,
+   then BundleApply, as ``shoal apply`` does). The clock starts at the
+   BundleApply request and stops when the control plane's BundleList shows
+   ``web`` Ready on all N: ``seconds_to_all_ready``. ``cp_publishes`` is the
+   delta of the ``desired_publishes`` counter: ``web`` changes no selector key,
+   so the schema is not republished and it is exactly one per class.
+5. Ablation, the way Fleet does it (one BundleDeployment per cluster): the
+   harness plays a per-cluster control plane and publishes one DesiredBundle
+   per cluster on ``shoal.v1.cluster.<id>.desired.web`` (JetStream, pipelined
+   with ``publish_async``: the best case for that design) for a new
+   deployment. Agents honour per-cluster messages over the class message. The
+   clock stops when every cluster's status report on the bus says that
+   deployment is Ready (the same reports the control plane ingests, read by a
+   tap, because the control plane's BundleList counts the class deployment).
+6. The fleet stops and the raw NATS reference runs (:mod:`benchmarks.rawnats`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from benchmarks import harness as h
+from benchmarks.rawnats import raw_nats_seconds
+from benchmarks.taps import DesiredTap, StatusTap
+from edgeagent.settings import AgentSettings
+from edgeagent.simfleet import SimulatedFleet
+from edgeagent.store import MemoryBlobCache
+from protocol import codec, ids, subjects
+from protocol.messages import DesiredBundle
+from protocol.models import DeploymentOptions
+from shoal_cli.client import AdminClient
+
+BASE_BUNDLE = "base"
+ROLLOUT_BUNDLE = "web"
+AGENTS_PER_CONNECTION = 1000
+MAX_CONNECTIONS = 8
+RSS_SETTLE_SECONDS = 1.0
+# Agent timings for the benchmark: the simulated apply is ready almost at once
+# and reported within a quarter second, so the figures measure shoal, not sleeps.
+FLEET_SETTINGS = AgentSettings(
+    status_interval=0.25,
+    heartbeat_interval=5.0,
+    sim_readiness_delay=0.05,
+    observe_interval_not_ready=0.1,
+    resync_interval=3600.0,
+)
+
+
+class CountingBlobCache(MemoryBlobCache):
+    """The fleet's shared blob cache, counting what was downloaded into it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts = 0
+        self.bytes = 0
+
+    def put(self, manifest_id: str, blob: bytes) -> None:
+        self.puts += 1
+        self.bytes += len(blob)
+        super().put(manifest_id, blob)
+
+
+def connections_for(clusters: int) -> int:
+    return max(1, min(MAX_CONNECTIONS, clusters // AGENTS_PER_CONNECTION + 1))
+
+
+async def run(*, clusters: int, classes: int, timeout: float) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "scenario": "rollout",
+        "clusters": clusters,
+        "classes": classes,
+        "ready": 0,
+        "errors": [],
+        "settings": FLEET_SETTINGS.model_dump(
+            include={
+                "status_interval",
+                "heartbeat_interval",
+                "sim_readiness_delay",
+                "observe_interval_not_ready",
+            }
+        ),
+    }
+    async with h.Bench() as bench, bench.client() as client:
+        assert bench.cp is not None
+        token = await bench.token(client)
+        await h.apply_bundle(client, BASE_BUNDLE, "0", selector=h.class_selector(classes))
+        connections = connections_for(clusters)
+        result["connections"] = connections
+        fleet = SimulatedFleet(
+            count=clusters,
+            token=token,
+            settings=FLEET_SETTINGS,
+            url=bench.url,
+            connections=connections,
+            labels_for=h.class_labels(classes),
+        )
+        blobs = CountingBlobCache()
+        fleet.blob_cache = blobs
+        await asyncio.sleep(h.CP_POLL)
+        rss_before = bench.cp.rss_bytes()
+        h.say(f"registering {clusters} clusters in {classes} classes on {connections} connections")
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                await fleet.start()
+            result["registration_seconds"] = round(time.monotonic() - started, 3)
+            result["registration_failed"] = len(fleet.failed)
+            h.say(f"registered in {result['registration_seconds']} s ({len(fleet.failed)} failed)")
+            ready, seconds = await h.wait_ready(
+                client, BASE_BUNDLE, clusters, timeout=timeout, label=BASE_BUNDLE
+            )
+            result["baseline_ready"] = ready
+            result["baseline_seconds"] = round(seconds, 3)
+            await asyncio.sleep(RSS_SETTLE_SECONDS)
+            rss_after = bench.cp.rss_bytes()
+            result["cp_rss_bytes_before"] = rss_before
+            result["cp_rss_bytes_after"] = rss_after
+            result["cp_rss_bytes_per_cluster"] = round((rss_after - rss_before) / clusters, 1)
+            result["cp_classes"] = (await h.stats(client))["classes"]
+            await _rollout(client, bench.cp, fleet, blobs, result, timeout=timeout)
+            await _ablation(client, fleet, result, timeout=timeout)
+        finally:
+            await fleet.stop()
+        await _raw_reference(bench.url, result, timeout=timeout)
+    return result
+
+
+async def _rollout(
+    client: AdminClient,
+    cp: h.ControlPlaneProcess,
+    fleet: SimulatedFleet,
+    blobs: CountingBlobCache,
+    result: dict[str, Any],
+    *,
+    timeout: float,
+) -> None:
+    clusters = result["clusters"]
+    desired_tap = DesiredTap(client.nc)
+    status_tap = StatusTap(client.nc)
+    await desired_tap.start()
+    await status_tap.start()
+    try:
+        manifest, blob = h.bundle_blob(ROLLOUT_BUNDLE, "1")
+        await client.upload_blob(manifest, blob)
+        status_tap.watch(ROLLOUT_BUNDLE, ids.deployment_id(manifest, DeploymentOptions()), clusters)
+        before = await h.stats(client)
+        cpu_before = cp.cpu_seconds()
+        blob_puts, blob_bytes = blobs.puts, blobs.bytes
+        h.say(f"rollout: applying {ROLLOUT_BUNDLE} to {clusters} clusters")
+        started = time.monotonic()
+        applied = await h.apply_bundle(client, ROLLOUT_BUNDLE, "1")
+        result["apply_seconds"] = round(time.monotonic() - started, 3)
+        ready, _ = await h.wait_ready(
+            client, ROLLOUT_BUNDLE, clusters, timeout=timeout, label=ROLLOUT_BUNDLE
+        )
+        seconds = time.monotonic() - started
+        if status_tap.done.is_set():
+            result["seconds_to_all_reported"] = round(status_tap.done_at - started, 3)
+        result["cp_cpu_seconds"] = round(cp.cpu_seconds() - cpu_before, 3)
+        after = await h.stats(client)
+    finally:
+        await desired_tap.stop()
+        await status_tap.stop()
+    result["ready"] = ready
+    result["seconds_to_all_ready"] = round(seconds, 3)
+    result["deployment_id"] = ", ".join(applied.deployment_ids)
+    result["cp_publishes"] = after["desired_publishes"] - before["desired_publishes"]
+    result["cp_status_ingested"] = after.get("status_ingested", 0) - before.get(
+        "status_ingested", 0
+    )
+    deliveries, payload, subject_bytes = desired_tap.delivered(fleet.agents)
+    result["desired_messages_published"] = len(desired_tap.messages)
+    result["desired_deliveries"] = deliveries
+    result["bytes_per_cluster"] = round(payload / clusters, 1)
+    result["bytes_per_cluster_with_subjects"] = round((payload + subject_bytes) / clusters, 1)
+    result["desired_message_bytes"] = (
+        max(size for _, size in desired_tap.messages) if desired_tap.messages else 0
+    )
+    result["blob_downloads"] = blobs.puts - blob_puts
+    result["blob_bytes"] = blobs.bytes - blob_bytes
+    result["status_messages"] = status_tap.count
+    result["status_bytes"] = status_tap.bytes
+    result["status_message_bytes"] = status_tap.mean_size
+    h.say(
+        f"rollout: {ready}/{clusters} Ready in {seconds:.2f} s, "
+        f"{result['cp_publishes']} control-plane publishes, "
+        f"{result['bytes_per_cluster']} desired bytes per cluster"
+    )
+    if ready < clusters:
+        result["errors"].append(f"only {ready} of {clusters} Ready within {timeout} s")
+
+
+async def _ablation(
+    client: AdminClient, fleet: SimulatedFleet, result: dict[str, Any], *, timeout: float
+) -> None:
+    """One desired-state message per cluster, as a per-cluster control plane would send."""
+    agents = [a for a in fleet.agents if a.identity is not None]
+    manifest, blob = h.bundle_blob(ROLLOUT_BUNDLE, "ablation")
+    await client.upload_blob(manifest, blob)
+    deployment = ids.deployment_id(manifest, DeploymentOptions())
+    tap = StatusTap(client.nc)
+    tap.watch(ROLLOUT_BUNDLE, deployment, len(agents))
+    await tap.start()
+    js = client.nc.jetstream(timeout=timeout)
+    h.say(f"ablation: one desired-state message per cluster to {len(agents)} clusters")
+    try:
+        started = time.monotonic()
+        size = 0
+        for agent in agents:
+            assert agent.identity is not None
+            payload = codec.encode(
+                DesiredBundle(bundle=ROLLOUT_BUNDLE, rev=time.time_ns(), deployment_id=deployment)
+            )
+            size = len(payload)
+            await js.publish_async(
+                subjects.cluster_desired(agent.identity.cluster_id, ROLLOUT_BUNDLE),
+                payload,
+                wait_stall=timeout,
+            )
+        await asyncio.wait_for(js.publish_async_completed(), timeout)
+        result["ablation_publish_seconds"] = round(time.monotonic() - started, 3)
+        try:
+            await asyncio.wait_for(tap.done.wait(), timeout)
+        except TimeoutError:
+            result["errors"].append(
+                f"ablation: only {len(tap.ready)} of {len(agents)} Ready within {timeout} s"
+            )
+        seconds = time.monotonic() - started
+    finally:
+        await tap.stop()
+    result["ablation_publishes"] = len(agents)
+    result["ablation_ready"] = len(tap.ready)
+    result["ablation_per_cluster_seconds"] = round(seconds, 3)
+    result["ablation_bytes_per_cluster"] = size
+    result["ablation_readiness_view"] = "status reports on the bus"
+    h.say(
+        f"ablation: {len(tap.ready)}/{len(agents)} Ready in {seconds:.2f} s "
+        f"with {len(agents)} publishes"
+    )
+
+
+async def _raw_reference(url: str, result: dict[str, Any], *, timeout: float) -> None:
+    h.say("raw NATS reference")
+    seconds = await raw_nats_seconds(
+        url,
+        clusters=result["clusters"],
+        classes=result["classes"],
+        connections=result["connections"],
+        desired_size=result.get("desired_message_bytes", 0),
+        status_size=result.get("status_message_bytes", 0),
+        timeout=timeout,
+    )
+    result["raw_nats_seconds"] = round(seconds, 4)
+    if result.get("seconds_to_all_ready"):
+        result["ratio_to_raw"] = round(result["seconds_to_all_ready"] / seconds, 1)
+    h.say(f"raw NATS: {seconds:.3f} s")

@@ -1,0 +1,140 @@
+"""Listening in on the bus during a rollout: desired-state bytes and status reports.
+
+``bytes_per_cluster`` is what each cluster receives, not what one shared
+connection carries. NATS delivers a message once per matching subscription,
+and every agent subscribes for itself (whether it shares a connection or not),
+so a class message of B bytes reaches each of the class's members once. The
+tap therefore subscribes once, on the harness's own connection, to the same
+subjects the agents use (``shoal.v1.desired.>``, ``shoal.v1.cluster.*.desired.>``
+and the schema) and charges each message to the clusters that subscribe to its
+subject: the class's members, the one cluster of a per-cluster subject, or
+everyone for the schema. Payload bytes are counted apart from the subject
+(what a ``MSG`` line adds besides a few bytes of framing).
+
+The status tap counts status reports and their bytes during the rollout (the
+raw NATS reference sends the same number of that size), and can track which
+clusters have reported a given deployment Ready, which is how the per-cluster
+ablation is timed (the bus view: the very reports the control plane ingests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from edgeagent.agent import Agent
+from protocol import codec, subjects
+from protocol.classes import ClassSchema, class_of
+from protocol.errors import DecodeError
+from protocol.messages import StatusReport
+from protocol.states import State
+
+_CLASS_TOKEN = 3  # shoal.v1.desired.<class>.<bundle>
+
+
+@dataclass
+class DesiredTap:
+    """Counts desired-state messages and the bytes each cluster receives of them."""
+
+    nc: Client
+    messages: list[tuple[str, int]] = field(default_factory=list)
+    _subs: list[Subscription] = field(default_factory=list)
+
+    async def start(self) -> None:
+        for subject in (subjects.DESIRED_ALL, subjects.CLUSTER_DESIRED_ALL, subjects.SCHEMA):
+            self._subs.append(await self.nc.subscribe(subject, cb=self._on_message))
+        await self.nc.flush()
+
+    async def _on_message(self, msg: Msg) -> None:
+        self.messages.append((msg.subject, len(msg.data)))
+
+    async def stop(self) -> None:
+        await self.nc.flush()
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs = []
+
+    def delivered(self, agents: Iterable[Agent]) -> tuple[int, int, int]:
+        """(deliveries, payload bytes, subject bytes) summed over every receiving cluster."""
+        members: Counter[str] = Counter()
+        total = 0
+        for agent in agents:
+            members[class_of(agent.name, agent.labels, agent.desired.schema or ClassSchema())] += 1
+            total += 1
+        deliveries = payload = subject_bytes = 0
+        for subject, size in self.messages:
+            parts = subject.split(".")
+            if subject == subjects.SCHEMA:
+                receivers = total
+            elif parts[2] == "desired":
+                receivers = members.get(parts[_CLASS_TOKEN], 0)
+            else:
+                receivers = 1
+            deliveries += receivers
+            payload += receivers * size
+            subject_bytes += receivers * len(subject)
+        return deliveries, payload, subject_bytes
+
+
+@dataclass
+class StatusTap:
+    """Counts status reports; optionally tracks clusters reporting a deployment Ready."""
+
+    nc: Client
+    count: int = 0
+    bytes: int = 0
+    watch_bundle: str = ""
+    watch_deployment: str = ""
+    want: int = 0
+    ready: set[str] = field(default_factory=set)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    done_at: float = 0.0
+    _sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(subjects.STATUS_ALL, cb=self._on_message)
+        await self.nc.flush()
+
+    def watch(self, bundle: str, deployment: str, want: int) -> None:
+        self.watch_bundle, self.watch_deployment, self.want = bundle, deployment, want
+        self.ready = set()
+        self.done.clear()
+
+    def reset_counts(self) -> None:
+        self.count = self.bytes = 0
+
+    async def _on_message(self, msg: Msg) -> None:
+        self.count += 1
+        self.bytes += len(msg.data)
+        if not self.watch_deployment:
+            return
+        try:
+            report = codec.decode(msg.data, StatusReport)
+        except DecodeError:
+            return
+        cluster = msg.subject.rsplit(".", 1)[-1]
+        for status in report.bundles:
+            if status.bundle == self.watch_bundle:
+                if status.deployment_id == self.watch_deployment and status.state is State.READY:
+                    self.ready.add(cluster)
+                else:
+                    self.ready.discard(cluster)
+        if len(self.ready) >= self.want and not self.done.is_set():
+            self.done_at = time.monotonic()
+            self.done.set()
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    @property
+    def mean_size(self) -> int:
+        return self.bytes // self.count if self.count else 0

@@ -1,0 +1,82 @@
+"""The benchmark harness itself, at a small N: its output contract holds and it cleans up.
+
+``python -m benchmarks rollout`` is run as a user runs it, in a subprocess, at
+30 clusters in 3 label classes, writing its result file to a temporary
+directory. The last line of stdout must be one JSON object with every figure
+the issue names; all clusters Ready; and the rollout of a bundle that changes
+no selector key must cost exactly one control-plane publish per class (the
+first bundle put ``class`` into the schema before the fleet registered, so the
+rollout republishes no schema).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CLUSTERS = 30
+CLASSES = 3
+RUN_TIMEOUT = 90
+REQUIRED = (
+    "clusters",
+    "classes",
+    "ready",
+    "seconds_to_all_ready",
+    "raw_nats_seconds",
+    "cp_publishes",
+    "cp_rss_bytes_per_cluster",
+    "bytes_per_cluster",
+    "registration_seconds",
+    "ablation_per_cluster_seconds",
+    "ablation_publishes",
+    "cp_cpu_seconds",
+    "blob_bytes",
+    "machine",
+)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_rollout_scenario_output_contract(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "rollout",
+            "--clusters",
+            str(CLUSTERS),
+            "--classes",
+            str(CLASSES),
+            "--json",
+            "--timeout",
+            "30",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    missing = [key for key in REQUIRED if key not in result]
+    assert not missing, missing
+    assert result["clusters"] == CLUSTERS
+    assert result["classes"] == CLASSES
+    assert result["ready"] == CLUSTERS
+    assert result["cp_classes"] == CLASSES
+    assert result["cp_publishes"] == CLASSES
+    assert result["desired_messages_published"] == CLASSES
+    assert result["raw_nats_seconds"] > 0
+    assert result["seconds_to_all_ready"] > 0
+    assert result["ablation_publishes"] == CLUSTERS
+    assert result["ablation_ready"] == CLUSTERS
+    assert 0 < result["bytes_per_cluster"] <= 256
+    assert result["blob_bytes"] > 0
+    files = list(tmp_path.glob(f"rollout_{CLUSTERS}_*.json"))
+    assert len(files) == 1
+    assert json.loads(files[0].read_text())["ready"] == CLUSTERS
