@@ -51,14 +51,16 @@ class Fleet:
         self._settings = settings
         self.publisher = publisher
         self.tokens = Tokens(stores.tokens)
+        self.status = StatusBook()
         self.registry = Registry(stores.clusters)
+        self.registry.on_move = self.status.move
         self.bundles: dict[str, BundleRecord] = {}
         self.groups: dict[str, ClusterGroup] = {}
         self.desired: dict[Key, Resolved] = {}
-        self.status = StatusBook()
         self.liveness = Liveness(settings.heartbeat_timeout)
         self.started_at = time.time()
         self.leader = False
+        self.owned: set[int] = set()
         self._loaded = False
         self._lock = asyncio.Lock()
 
@@ -77,6 +79,7 @@ class Fleet:
         if self.publisher.schema is not None:
             self.registry.set_schema(self.publisher.schema)
         self._loaded = True
+        await self.retarget()  # every replica needs the desired map to summarise status
         log.info(
             "fleet.loaded",
             bundles=len(self.bundles),
@@ -178,7 +181,6 @@ class Fleet:
                 log.warning("bundle.target.unknown_group", bundle=spec.name, group=group)
         old = self.bundles.get(spec.name)
         changed = old is None or old.spec != spec or old.manifest_id != request.manifest_id
-        published = 0
         if changed:
             now = time.time()
             record = BundleRecord(
@@ -189,7 +191,8 @@ class Fleet:
             )
             await self._stores.bundles.put(spec.name, record.model_dump_json().encode())
             self.bundles[spec.name] = record
-            published = await self.retarget()
+        # Always: it publishes only differences, and so repairs a publish that failed.
+        published = await self.retarget()
         deployments = sorted(
             {r.deployment_id for (_, b), r in self.desired.items() if b == spec.name}
         )
@@ -247,7 +250,8 @@ class Fleet:
             registered_at=time.time(),
         )
         record, new_class = await self.registry.save(stored)
-        self.liveness.seen(record.id, time.time())
+        now = time.time()
+        self.heartbeat(record, seen=now, now=now)
         if new_class:
             await self.retarget()
         log.info("cluster.registered", cluster=name, cluster_id=cluster_id, again=bool(existing))
@@ -273,7 +277,8 @@ class Fleet:
             if new_class:
                 await self.retarget()
             log.info("cluster.labels.changed", cluster=record.name, labels=labels)
-        self.heartbeat(record, time.time())
+        now = time.time()
+        self.heartbeat(record, seen=now, now=now)
         return record
 
     def authenticate(self, cluster_id: str, secret: str) -> ClusterRecord:
@@ -286,27 +291,48 @@ class Fleet:
 
     # -- status --------------------------------------------------------------
 
-    def heartbeat(self, record: ClusterRecord, now: float) -> None:
-        record.last_seen = now
-        self.liveness.seen(record.id, now)
+    def heartbeat(self, record: ClusterRecord, *, seen: float, now: float) -> None:
+        """The cluster was alive at ``seen``; only the shard's owner tracks liveness."""
+        record.last_seen = max(record.last_seen or 0.0, seen)
+        if record.stored.shard not in self.owned:
+            return
+        if now - seen > self._settings.heartbeat_timeout:
+            return  # old news: proves nothing about now
+        self.liveness.seen(record.id, seen)
         if record.offline:
             self.status.set_offline(self.registry, record, False)
             log.info("cluster.online", cluster=record.name)
 
-    def ingest(self, subject_cluster: str, data: bytes, now: float) -> None:
-        """One message from a status or heartbeat subject; raises DecodeError on garbage."""
+    def ingest(
+        self,
+        subject_cluster: str,
+        data: bytes,
+        *,
+        now: float,
+        stream_seq: int = 0,
+        stored_at: float | None = None,
+    ) -> None:
+        """One message from a status or heartbeat subject; raises DecodeError on garbage.
+
+        Status reports come from the stream with their sequence (which orders one
+        cluster's reports, whatever its clock says) and the time JetStream stored
+        them; a replayed report changes nothing and proves nothing about liveness.
+        """
         record = self.registry.clusters.get(subject_cluster)
         message = codec.decode_any(data)
         if isinstance(message, StatusReport):
             if record is None:
                 raise DecodeError(f"status for unknown cluster {subject_cluster!r}")
-            self.status.apply_report(record, message)
+            if not self.status.apply_report(record, message, seq=stream_seq):
+                return
+            seen = stored_at if stored_at is not None else now
         elif isinstance(message, Heartbeat):
             if record is None:
                 raise DecodeError(f"heartbeat for unknown cluster {subject_cluster!r}")
+            seen = now
         else:
             raise DecodeError(f"unexpected {message.KIND!r} message on a status subject")
-        self.heartbeat(record, now)
+        self.heartbeat(record, seen=seen, now=now)
 
     def sweep_offline(self, now: float) -> int:
         marked = 0
@@ -322,6 +348,7 @@ class Fleet:
 
     def acquire_shard(self, shard: int) -> None:
         """Start tracking liveness of the shard's clusters, with the start-up grace."""
+        self.owned.add(shard)
         deadline = time.time() + self._settings.startup_grace
         for record in self.registry:
             if record.stored.shard == shard:
@@ -329,13 +356,14 @@ class Fleet:
 
     def release_shard(self, shard: int) -> None:
         """Forget what we knew of the shard's clusters: its new owner counts them now."""
+        self.owned.discard(shard)
         for record in self.registry:
             if record.stored.shard != shard:
                 continue
             self.status.forget(record)
             self.registry.set_offline(record, False)
             self.liveness.forget(record.id)
-            record.status_key = (0.0, 0)
+            record.status_key = 0
             record.last_seen = None
 
     def shard_summary(
@@ -364,13 +392,13 @@ class Fleet:
     # -- read side -----------------------------------------------------------
 
     def bundle_summaries(self, parts: Iterable[admin.ShardSummary]) -> list[admin.BundleSummary]:
-        counts: dict[str, Counter[tuple[str, State]]] = {}
+        counts: dict[str, Counter[tuple[str, str, State]]] = {}
         class_offline: Counter[str] = Counter()
         for part in parts:
             for bundle, rows in part.counts.items():
                 counter = counts.setdefault(bundle, Counter())
-                for dep, state, n in rows:
-                    counter[(dep, state)] += n
+                for label_class, dep, state, n in rows:
+                    counter[(label_class, dep, state)] += n
             class_offline.update(part.class_offline)
         out = []
         for name in sorted(self.bundles):

@@ -56,10 +56,20 @@ class Ingest:
         self._heartbeat_subs: dict[int, Subscription] = {}
         self._consumers: dict[int, asyncio.Task[None]] = {}
 
-    def handle(self, subject: str, data: bytes, *, kind: str) -> None:
+    def handle(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        kind: str,
+        stream_seq: int = 0,
+        stored_at: float | None = None,
+    ) -> None:
         try:
             _, cluster_id = subjects.parse_cluster_subject(subject)
-            self._fleet.ingest(cluster_id, data, time.time())
+            self._fleet.ingest(
+                cluster_id, data, now=time.time(), stream_seq=stream_seq, stored_at=stored_at
+            )
         except DecodeError as exc:
             self.counters[f"{kind}_dropped"] += 1
             log.warning("bus.message.dropped", kind=kind, subject=subject, error=str(exc))
@@ -124,7 +134,14 @@ class Ingest:
                 except (TimeoutError, NatsTimeoutError):
                     continue
                 for msg in batch:
-                    self.handle(msg.subject, msg.data, kind="status")
+                    meta = msg.metadata
+                    self.handle(
+                        msg.subject,
+                        msg.data,
+                        kind="status",
+                        stream_seq=meta.sequence.stream,
+                        stored_at=meta.timestamp.timestamp() if meta.timestamp else None,
+                    )
                 await asyncio.sleep(0)
         finally:
             try:

@@ -55,6 +55,8 @@ class DesiredPublisher:
         messages = await last_per_subject(
             self._js, subjects.DESIRED_STREAM, ">", timeout=self._timeout
         )
+        self.published.clear()
+        self.schema = None
         for stored in messages:
             try:
                 message = codec.decode_any(stored.data)
@@ -110,18 +112,17 @@ class DesiredPublisher:
             count += 1
         for key, current in list(self.published.items()):
             class_id, bundle = key
-            if key in desired or current.deleted:
-                continue
             if class_id not in live_classes:
                 self._orphaned.setdefault(class_id, time.monotonic())
+                continue
+            if key in desired or current.deleted:
                 continue
             tombstone = DesiredBundle(bundle=bundle, rev=self._next_rev(), deleted=True)
             await self._publish(subjects.desired(class_id, bundle), codec.encode(tombstone))
             self.published[key] = Published("", True)
             count += 1
-        for class_id in list(self._orphaned):
-            if class_id in live_classes:
-                del self._orphaned[class_id]
+        for class_id in [c for c in self._orphaned if c in live_classes]:
+            self._orphaned.pop(class_id, None)
         return count
 
     async def purge_orphans(self, *, live_classes: set[str]) -> int:
@@ -130,16 +131,19 @@ class DesiredPublisher:
         purged = 0
         for class_id, since in list(self._orphaned.items()):
             if class_id in live_classes:
-                del self._orphaned[class_id]
+                self._orphaned.pop(class_id, None)
                 continue
             if now - since < self._purge_grace:
                 continue
-            await self._js.purge_stream(
-                subjects.DESIRED_STREAM, subject=subjects.desired_class(class_id)
-            )
+            try:
+                await self._js.purge_stream(
+                    subjects.DESIRED_STREAM, subject=subjects.desired_class(class_id)
+                )
+            except Exception as exc:  # nats raises timeouts and API errors of many types
+                raise BusError(f"purging class {class_id} failed: {exc!r}") from exc
             for key in [k for k in self.published if k[0] == class_id]:
                 del self.published[key]
-            del self._orphaned[class_id]
+            self._orphaned.pop(class_id, None)
             purged += 1
             log.info("desired.class.purged", class_id=class_id)
         return purged

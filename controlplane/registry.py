@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from nats.js.kv import KeyValue
@@ -43,7 +43,7 @@ class ClusterRecord:
     class_id: str = ""
     last_seen: float | None = None
     offline: bool = False
-    status_key: tuple[float, int] = (0.0, 0)  # (sent_at, seq) of the last report taken
+    status_key: int = 0  # stream sequence of the last report taken
     # bundle -> (deployment ID, state) as last reported by the agent
     reported: dict[str, tuple[str, State]] = field(default_factory=dict)
 
@@ -81,6 +81,8 @@ class Registry:
         self.by_name: dict[str, str] = {}
         self.classes: dict[str, LabelClass] = {}
         self.schema = ClassSchema()
+        # Told when a cluster moves from one class to another (old class ID given).
+        self.on_move: Callable[[ClusterRecord, str], None] | None = None
 
     async def save(self, stored: StoredCluster) -> tuple[ClusterRecord, bool]:
         """Persist a registration; returns the record and whether its class is new."""
@@ -120,7 +122,9 @@ class Registry:
         label_class.members.add(record.id)
         if record.offline:
             label_class.offline += 1
-        record.class_id = new_id
+        old_id, record.class_id = record.class_id, new_id
+        if old_id and self.on_move is not None:
+            self.on_move(record, old_id)
         return created
 
     def set_schema(self, schema: ClassSchema) -> None:
@@ -128,8 +132,10 @@ class Registry:
         self.schema = schema
         self.classes.clear()
         for record in self.clusters.values():
-            record.class_id = ""
+            old_id, record.class_id = record.class_id, ""
             self._classify(record)
+            if old_id and old_id != record.class_id and self.on_move is not None:
+                self.on_move(record, old_id)
 
     def set_offline(self, record: ClusterRecord, offline: bool) -> None:
         if record.offline == offline:

@@ -36,7 +36,7 @@ log = structlog.get_logger(__name__)
 CONNECT_TIMEOUT = 10.0
 FIRST_CONNECT_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 5.0
-PURGE_INTERVAL = 30.0
+RESYNC_INTERVAL = 5.0
 
 
 class ControlPlane:
@@ -138,18 +138,17 @@ class ControlPlane:
         await self.leases.tick()  # take our share (all shards, when alone) before serving
         self._tasks.spawn("leases", self.leases.run())
         self._tasks.spawn("offline-sweep", ingest.sweep_offline())
-        self._tasks.spawn("class-purge", self._purge_loop())
+        self._tasks.spawn("resync", self._resync_loop())
         await self._nc.flush()
 
-    async def _purge_loop(self) -> None:
+    async def _resync_loop(self) -> None:
+        """Retarget now and then: retries a publish that failed and purges orphaned classes."""
         while True:
-            await asyncio.sleep(PURGE_INTERVAL)
+            await asyncio.sleep(RESYNC_INTERVAL)
             try:
-                await self.fleet.publisher.purge_orphans(
-                    live_classes=set(self.fleet.registry.classes)
-                )
-            except BusError as exc:
-                log.warning("desired.purge.failed", error=str(exc))
+                await self.fleet.retarget()
+            except Exception as exc:  # a bus failure: log it, try again next round
+                log.warning("desired.resync.failed", error=repr(exc))
 
     async def stop(self) -> None:
         self._stopping = True

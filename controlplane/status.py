@@ -25,25 +25,37 @@ Desired = Mapping[tuple[str, str], Resolved]
 
 class StatusBook:
     def __init__(self) -> None:
-        self.counts: dict[str, Counter[tuple[str, State]]] = {}
+        # bundle -> (class ID, deployment ID, state) -> online clusters
+        self.counts: dict[str, Counter[tuple[str, str, State]]] = {}
         self._interned: dict[str, str] = {}
 
     def _intern(self, value: str) -> str:
         return self._interned.setdefault(value, value)
 
-    def _add(self, record: ClusterRecord, sign: int) -> None:
-        for bundle, key in record.reported.items():
+    def _add(self, record: ClusterRecord, sign: int, class_id: str | None = None) -> None:
+        label_class = record.class_id if class_id is None else class_id
+        for bundle, (deployment, state) in record.reported.items():
             counter = self.counts.setdefault(bundle, Counter())
+            key = (label_class, deployment, state)
             counter[key] += sign
             if counter[key] <= 0:
                 del counter[key]
 
-    def apply_report(self, record: ClusterRecord, report: StatusReport) -> bool:
-        """Take a cluster's report; returns False if it is older than one already seen."""
-        key = (report.sent_at, report.seq)
-        if key <= record.status_key:
+    def move(self, record: ClusterRecord, old_class: str) -> None:
+        """The cluster changed class: its contributions follow it."""
+        if not record.offline and record.reported:
+            self._add(record, -1, old_class)
+            self._add(record, +1)
+
+    def apply_report(self, record: ClusterRecord, report: StatusReport, *, seq: int) -> bool:
+        """Take a cluster's report; returns False if it is not newer than one already taken.
+
+        ``seq`` is the report's stream sequence: it orders one cluster's reports
+        whatever the agent's clock says (edge devices' clocks jump).
+        """
+        if seq <= record.status_key:
             return False
-        record.status_key = key
+        record.status_key = seq
         if not record.offline:
             self._add(record, -1)
         record.reported = {
@@ -64,10 +76,10 @@ class StatusBook:
             self._add(record, -1)
         record.reported = {}
 
-    def partial_counts(self) -> dict[str, tuple[tuple[str, State, int], ...]]:
+    def partial_counts(self) -> dict[str, tuple[tuple[str, str, State, int], ...]]:
         """This replica's counts, for the fleet-wide summary (see :func:`summarise`)."""
         return {
-            bundle: tuple((dep, state, n) for (dep, state), n in counter.items())
+            bundle: tuple((cls, dep, state, n) for (cls, dep, state), n in counter.items())
             for bundle, counter in self.counts.items()
             if counter
         }
@@ -97,42 +109,47 @@ class StatusBook:
 
 def summarise(
     bundle: str,
-    counts: Mapping[tuple[str, State], int],
+    counts: Mapping[tuple[str, str, State], int],
     registry: Registry,
     class_offline: Mapping[str, int],
     desired: Desired,
 ) -> tuple[dict[State, int], int, list[str]]:
     """(state -> count, clusters targeted, deployment IDs) for one bundle.
 
-    ``counts`` are the fleet's online clusters per (deployment ID, state) for the
-    bundle and ``class_offline`` the offline clusters per class, both summed over
-    the replicas that own the shards; class sizes come from the registry, which
-    every replica holds whole.
+    ``counts`` are the fleet's online clusters per (class, deployment ID, state)
+    for the bundle and ``class_offline`` the offline clusters per class, both
+    summed over the replicas that own the shards; class sizes come from the
+    registry, which every replica holds whole. Per class: clusters reporting the
+    class's deployment count in their state, clusters still reporting another
+    deployment are OutOfSync, and the rest (online, silent) are WaitApplied.
     """
-    expected: Counter[str] = Counter()
-    offline: Counter[str] = Counter()
+    by_class: dict[str, list[tuple[str, State, int]]] = {}
+    for (class_id, deployment, state), n in counts.items():
+        by_class.setdefault(class_id, []).append((deployment, state, n))
+    states: Counter[State] = Counter()
+    targeted = 0
+    deployments: set[str] = set()
     for label_class in registry.classes.values():
         resolved = desired.get((label_class.id, bundle))
         if resolved is None:
             continue
-        expected[resolved.deployment_id] += len(label_class.members)
-        offline[resolved.deployment_id] += class_offline.get(label_class.id, 0)
-    states: Counter[State] = Counter()
-    stale = sum(n for (dep, _), n in counts.items() if dep not in expected)
-    for dep, total in expected.items():
-        reported = 0
-        for (counted_dep, state), n in counts.items():
-            if counted_dep == dep:
+        deployments.add(resolved.deployment_id)
+        total = len(label_class.members)
+        offline = class_offline.get(label_class.id, 0)
+        targeted += total
+        current = stale = 0
+        for deployment, state, n in by_class.get(label_class.id, ()):
+            if deployment == resolved.deployment_id:
                 states[state] += n
-                reported += n
-        waiting = max(0, total - offline[dep] - reported)
+                current += n
+            else:
+                stale += n
+        waiting = max(0, total - offline - current)
         out_of_sync = min(waiting, stale)
-        stale -= out_of_sync
         states[State.OUT_OF_SYNC] += out_of_sync
         states[State.WAIT_APPLIED] += waiting - out_of_sync
-        states[State.OFFLINE] += offline[dep]
-    result = {state: n for state, n in states.items() if n > 0}
-    return result, sum(expected.values()), sorted(expected)
+        states[State.OFFLINE] += offline
+    return {s: n for s, n in states.items() if n > 0}, targeted, sorted(deployments)
 
 
 class Liveness:

@@ -51,6 +51,8 @@ class BucketFollower:
             await self._apply(entry.key, None if deleted else entry.value)
         except ValueError as exc:  # a record this version cannot read: skip it, loudly
             log.error("kv.entry.unreadable", bucket=self._name, key=entry.key, error=str(exc))
+        except Exception as exc:  # e.g. a publish that failed: the resync loop retries it
+            log.warning("kv.entry.apply_failed", bucket=self._name, key=entry.key, error=repr(exc))
 
     async def stop(self) -> None:
         if self._watcher is not None:

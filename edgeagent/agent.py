@@ -235,6 +235,10 @@ class Agent:
             self.reporter.force_full()
             await self._wait_for_resync(seen)
 
+    def _cluster_name(self) -> str:
+        """The name the control plane registered (and targets by), not the flag's."""
+        return self.identity.name if self.identity is not None else self.name
+
     def _adopt(self, identity: Identity) -> None:
         if self.identity is not None and identity.cluster_id != self.identity.cluster_id:
             log.warning("agent.reregistered", old=self.identity.cluster_id, new=identity.cluster_id)
@@ -264,7 +268,7 @@ class Agent:
         raw = await self.bus.last_message(subjects.SCHEMA)
         schema = self._decode_schema(subjects.SCHEMA, raw) if raw is not None else None
         self.desired.schema = schema or self.desired.schema or ClassSchema()
-        class_id = class_of(self.name, self.labels, self.desired.schema)
+        class_id = class_of(self._cluster_name(), self.labels, self.desired.schema)
         if class_id != self._subscribed_class:
             old = self._subs.pop("class", None)
             if old is not None:
@@ -331,7 +335,7 @@ class Agent:
         if schema is None:
             return
         self.desired.schema = schema
-        if class_of(self.name, self.labels, schema) != self._subscribed_class:
+        if class_of(self._cluster_name(), self.labels, schema) != self._subscribed_class:
             self._resync.set()
 
     def _desired_handler(self, scope: Scope) -> Handler:

@@ -32,6 +32,15 @@ from protocol.messages import (
 log = structlog.get_logger(__name__)
 
 NOT_FOUND = "not_found"
+# Refusals that retrying cannot change; any other error code (say, "internal" while
+# the control plane cannot reach JetStream) is transient and retried with backoff.
+FINAL_CODES = frozenset({"unauthorized", NOT_FOUND, "invalid", "bad_request"})
+
+
+def _transient(reply: ErrorReply, what: str) -> BusRejected | None:
+    if reply.code in FINAL_CODES:
+        return None
+    return BusRejected(f"{what} failed for now ({reply.code}): {reply.error}", code=reply.code)
 
 
 async def register(
@@ -49,6 +58,8 @@ async def register(
     raw = await bus.request(subjects.REGISTER, encode(request), timeout=timeout)
     reply = _decode_reply(raw, "registration")
     if isinstance(reply, ErrorReply):
+        if (transient := _transient(reply, "registration")) is not None:
+            raise transient
         raise RegistrationRejected(
             f"registration of cluster {name!r} refused ({reply.code}): {reply.error}",
             code=reply.code,
@@ -73,6 +84,8 @@ async def hello(
     raw = await bus.request(subjects.hello(identity.cluster_id), encode(request), timeout=timeout)
     reply = _decode_reply(raw, "hello")
     if isinstance(reply, ErrorReply):
+        if (transient := _transient(reply, "hello")) is not None:
+            raise transient
         raise HelloRejected(
             f"control plane refused cluster {identity.cluster_id} ({reply.code}): {reply.error}",
             code=reply.code,

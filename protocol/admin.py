@@ -159,7 +159,7 @@ class ShardSummary(WireMessage):
     KIND: ClassVar[str] = "shard_summary"
     replica: str
     shards: tuple[int, ...] = ()
-    # bundle -> [(deployment ID, state, count)] over online clusters
-    counts: dict[str, tuple[tuple[str, State, int], ...]] = Field(default_factory=dict)
+    # bundle -> [(class ID, deployment ID, state, count)] over online clusters
+    counts: dict[str, tuple[tuple[str, str, State, int], ...]] = Field(default_factory=dict)
     class_offline: dict[str, int] = Field(default_factory=dict)
     clusters: dict[str, ClusterLive] = Field(default_factory=dict)

@@ -64,7 +64,7 @@ def build_bundle(args: argparse.Namespace) -> tuple[BundleSpec, bytes]:
             targets=_targets(args.target or []),
         )
     except ValueError as exc:  # pydantic names the field
-        raise UsageError(f"--name {args.name!r}: {_first_error(exc)}") from exc
+        raise UsageError(f"bundle {args.name!r}: {_first_error(exc)}") from exc
     return spec, codec.encode_resources(resources)
 
 
@@ -72,7 +72,9 @@ def _first_error(exc: ValueError) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):
         first = errors()[0]
-        return str(first.get("msg", exc)).removeprefix("Value error, ")
+        field = ".".join(str(part) for part in first.get("loc", ()))
+        message = str(first.get("msg", exc)).removeprefix("Value error, ")
+        return f"{field}: {message}" if field else message
     return str(exc)
 
 
@@ -139,7 +141,10 @@ def _short(deployment_id: str) -> str:
 
 
 async def clusters(args: argparse.Namespace) -> int:
-    selector = parse_selector(args.selector) if args.selector else None
+    try:
+        selector = parse_selector(args.selector) if args.selector else None
+    except ProtocolError as exc:
+        raise UsageError(f"-l {args.selector!r}: {exc}") from exc
     async with AdminClient(args.server) as client:
         reply = await client.admin(admin.ClusterList(), admin.ClusterListReply)
     items = [c for c in reply.clusters if selector is None or selector.matches(c.labels)]

@@ -110,5 +110,8 @@ class AdminClient:
             return False
         except ObjectNotFoundError:
             pass
-        await store.put(name, blob)
+        try:
+            await store.put(name, blob)
+        except Exception as exc:  # nats raises timeouts and API errors of many types
+            raise CliError(f"uploading the bundle's resources to {self.url} failed: {exc}") from exc
         return True

@@ -141,7 +141,12 @@ EXAMPLES: dict[str, WireMessage] = {
     "shard_summary": admin.ShardSummary(
         replica="cp-1",
         shards=(0, 3),
-        counts={"web": ((DEPLOYMENT_ID, State.READY, 12), (DEPLOYMENT_ID, State.MODIFIED, 1))},
+        counts={
+            "web": (
+                ("0123456789abcdef", DEPLOYMENT_ID, State.READY, 12),
+                ("0123456789abcdef", DEPLOYMENT_ID, State.MODIFIED, 1),
+            )
+        },
         class_offline={"0123456789abcdef": 2},
         clusters={"7f3c": CLUSTER_LIVE},
     ),
