@@ -83,11 +83,16 @@ async def apply_bundle(
 
 
 async def report(
-    nc: Client, reg: RegisterReply, statuses: dict[str, tuple[str, State]], seq: int = 1
+    nc: Client,
+    reg: RegisterReply,
+    statuses: dict[str, tuple[str, State]],
+    seq: int = 1,
+    *,
+    sent_at_offset: float = 0.0,
 ) -> None:
     message = StatusReport(
         seq=seq,
-        sent_at=time.time(),
+        sent_at=time.time() + sent_at_offset,
         bundles=tuple(
             BundleStatus(bundle=b, deployment_id=d, state=s) for b, (d, s) in statuses.items()
         ),

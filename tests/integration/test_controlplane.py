@@ -234,3 +234,68 @@ async def test_invalid_bundle_is_rejected_whole(control_plane: ControlPlane, nc:
     assert isinstance(reply, ErrorReply)
     assert "c.yaml (document 1)" in reply.error and "'kind'" in reply.error
     assert (await h.bundles(nc))["web"].deployment_ids == good.deployment_ids
+
+
+async def test_report_order_follows_the_stream_not_the_agent_clock(
+    control_plane: ControlPlane, nc: Client
+) -> None:
+    token = await h.create_token(nc)
+    reg = await h.register(nc, token, "shop-1")
+    assert isinstance(reg, RegisterReply)
+    applied = await h.apply_bundle(nc, "web", h.resources())
+    assert isinstance(applied, admin.BundleApplied)
+    deployment = applied.deployment_ids[0]
+    # An edge device whose clock ran a day ahead, then was corrected.
+    await h.report(nc, reg, {"web": (deployment, State.NOT_READY)}, seq=5, sent_at_offset=86400)
+    await h.report(nc, reg, {"web": (deployment, State.READY)}, seq=1)
+
+    async def ready() -> bool:
+        return (await h.bundles(nc))["web"].states == {State.READY: 1}
+
+    await eventually(ready)
+
+
+async def test_a_restart_does_not_bring_dead_clusters_back_online(
+    cp_settings: ServerSettings, nc: Client
+) -> None:
+    async with ControlPlane(cp_settings):
+        token = await h.create_token(nc)
+        reg = await h.register(nc, token, "shop-1")
+        assert isinstance(reg, RegisterReply)
+        applied = await h.apply_bundle(nc, "web", h.resources())
+        assert isinstance(applied, admin.BundleApplied)
+        await h.report(nc, reg, {"web": (applied.deployment_ids[0], State.READY)})
+
+        async def offline() -> bool:
+            return (await h.clusters(nc))["shop-1"].offline
+
+        await eventually(offline, timeout=5)
+        last_seen = (await h.clusters(nc))["shop-1"].last_seen
+
+    async with ControlPlane(cp_settings):
+        await eventually(offline, timeout=5)
+        await asyncio.sleep(cp_settings.heartbeat_timeout)
+        after = (await h.clusters(nc))["shop-1"]
+        assert after.offline
+        assert after.last_seen == last_seen  # the replayed report is old news
+        assert (await h.bundles(nc))["web"].states == {State.OFFLINE: 1}
+
+
+async def test_a_second_replica_answers_status_like_the_first(
+    control_plane: ControlPlane, cp_settings: ServerSettings, nc: Client
+) -> None:
+    token = await h.create_token(nc)
+    reg = await h.register(nc, token, "shop-1", {"env": "prod"})
+    assert isinstance(reg, RegisterReply)
+    applied = await h.apply_bundle(nc, "web", h.resources(), targets=["env=prod"])
+    assert isinstance(applied, admin.BundleApplied)
+    await h.report(nc, reg, {"web": (applied.deployment_ids[0], State.READY)})
+
+    replica = cp_settings.model_copy(update={"replica_id": "second"})
+    async with ControlPlane(replica) as second:
+        assert second.fleet.desired == control_plane.fleet.desired
+        assert not second.fleet.leader
+        # Whichever replica answers, the fleet-wide view is the same.
+        for _ in range(6):
+            summary = (await h.bundles(nc))["web"]
+            assert summary.states == {State.READY: 1}

@@ -1,0 +1,89 @@
+"""Status aggregation: counts per class and deployment, summaries, liveness deadlines."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from controlplane.registry import Registry, StoredCluster
+from controlplane.status import Liveness, StatusBook, summarise
+from controlplane.targeting import Resolved
+from protocol.classes import schema_from_selectors
+from protocol.messages import BundleStatus, StatusReport
+from protocol.models import DeploymentOptions
+from protocol.selectors import parse_selector
+from protocol.states import State
+
+
+def registry_with(*clusters: tuple[str, dict[str, str]]) -> Registry:
+    registry = Registry(cast(Any, None))  # index() keeps to memory
+    registry.set_schema(schema_from_selectors([parse_selector("env in (a,b)")], epoch=1))
+    for name, labels in clusters:
+        registry.index(
+            StoredCluster(
+                id=name, name=name, labels=labels, shard=0, secret_sha256="", registered_at=0
+            )
+        )
+    return registry
+
+
+def report(*bundles: tuple[str, str, State]) -> StatusReport:
+    return StatusReport(
+        seq=1,
+        sent_at=0,
+        bundles=tuple(BundleStatus(bundle=b, deployment_id=d, state=s) for b, d, s in bundles),
+    )
+
+
+def test_a_cluster_running_another_class_deployment_is_out_of_sync() -> None:
+    registry = registry_with(("x", {"env": "a"}), ("y", {"env": "b"}))
+    class_a = registry.clusters["x"].class_id
+    class_b = registry.clusters["y"].class_id
+    desired = {
+        (class_a, "web"): Resolved("d1", DeploymentOptions()),
+        (class_b, "web"): Resolved("d2", DeploymentOptions()),
+    }
+    book = StatusBook()
+    book.apply_report(registry.clusters["x"], report(("web", "d1", State.READY)), seq=1)
+    book.apply_report(registry.clusters["y"], report(("web", "d1", State.READY)), seq=2)
+
+    states, targeted, deployments = summarise("web", book.counts["web"], registry, {}, desired)
+
+    assert states == {State.READY: 1, State.OUT_OF_SYNC: 1}
+    assert targeted == 2
+    assert deployments == ["d1", "d2"]
+
+
+def test_counts_follow_a_cluster_that_changes_class() -> None:
+    registry = registry_with(("x", {"env": "a"}))
+    book = StatusBook()
+    registry.on_move = book.move
+    record = registry.clusters["x"]
+    book.apply_report(record, report(("web", "d1", State.READY)), seq=1)
+
+    registry.index(record.stored.model_copy(update={"labels": {"env": "b"}}))
+
+    assert set(book.counts["web"]) == {(record.class_id, "d1", State.READY)}
+
+
+def test_older_reports_are_ignored_and_offline_clusters_are_not_counted() -> None:
+    registry = registry_with(("x", {"env": "a"}))
+    record = registry.clusters["x"]
+    book = StatusBook()
+    assert book.apply_report(record, report(("web", "d1", State.READY)), seq=5)
+    assert not book.apply_report(record, report(("web", "d1", State.NOT_READY)), seq=4)
+    book.set_offline(registry, record, True)
+    assert not book.counts["web"]
+    book.set_offline(registry, record, False)
+    assert book.counts["web"] == {(record.class_id, "d1", State.READY): 1}
+
+
+def test_liveness_reports_each_overdue_cluster_once() -> None:
+    liveness = Liveness(timeout=10)
+    liveness.seen("a", now=100)
+    liveness.seen("b", now=105)
+    assert liveness.overdue(105) == []
+    assert liveness.overdue(112) == ["a"]
+    liveness.seen("b", now=112)  # a heartbeat pushes the deadline out
+    assert liveness.overdue(118) == []
+    assert liveness.overdue(125) == ["b"]
+    assert liveness.overdue(200) == []
