@@ -10,6 +10,7 @@ nothing a client sends can crash the control plane.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -35,6 +36,10 @@ log = structlog.get_logger(__name__)
 
 Handler = Callable[[bytes, str], Awaitable[WireMessage]]
 
+# Requests served at once; registrations of a fleet arrive in bursts, and each
+# waits on KV round trips, so serving them one by one would leave the CPU idle.
+MAX_IN_FLIGHT = 64
+
 # How long a status summary waits for the replicas owning every shard to answer.
 GATHER_TIMEOUT = 2.0
 
@@ -56,6 +61,8 @@ class Api:
         self._replica = replica
         self._shards = shards
         self._owned = owned
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._in_flight: set[asyncio.Task[None]] = set()
         self.handlers: dict[str, Handler] = {
             subjects.REGISTER: self.register,
             admin.TokenCreate.OP: self.token_create,
@@ -81,9 +88,20 @@ class Api:
         await self._nc.flush()
 
     async def _dispatch(self, msg: Msg) -> None:
+        """Serve requests concurrently, up to MAX_IN_FLIGHT; beyond that, intake waits."""
         if not msg.reply:
             self.counters["requests_without_reply"] += 1
             return
+        await self._slots.acquire()
+        task = asyncio.create_task(self._serve(msg), name=f"api:{msg.subject}")
+        self._in_flight.add(task)
+        task.add_done_callback(self._served)
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+
+    async def _serve(self, msg: Msg) -> None:
         subject = msg.subject
         if subject.endswith(".hello"):
             handler: Handler | None = self.hello
@@ -109,7 +127,8 @@ class Api:
             reply = ErrorReply(code="internal", error=f"{type(exc).__name__}: {exc}")
         else:
             self.counters["requests_ok"] += 1
-        await self._nc.publish(msg.reply, codec.encode(reply))
+        with contextlib.suppress(Exception):  # the requester or the connection went away
+            await self._nc.publish(msg.reply, codec.encode(reply))
 
     # -- agents --------------------------------------------------------------
 

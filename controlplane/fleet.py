@@ -21,7 +21,7 @@ import structlog
 from nats.js.errors import ObjectNotFoundError
 
 from controlplane import sources
-from controlplane.errors import AuthError, BundleInvalid, NotFound
+from controlplane.errors import AuthError, BundleInvalid, NotFound, RequestRejected
 from controlplane.publisher import DesiredPublisher, Key
 from controlplane.registry import ClusterRecord, Registry, StoredCluster, secret_digest, shard_of
 from controlplane.settings import ServerSettings
@@ -63,6 +63,8 @@ class Fleet:
         self.owned: set[int] = set()
         self._loaded = False
         self._lock = asyncio.Lock()
+        # Requests are served concurrently; one name registers one cluster at a time.
+        self._registering: set[str] = set()
 
     # -- loading -------------------------------------------------------------
 
@@ -237,6 +239,17 @@ class Fleet:
             validate_labels(labels)
         except InvalidNameError as exc:
             raise BundleInvalid(str(exc)) from exc
+        if name in self._registering:
+            raise RequestRejected(f"cluster {name!r} is being registered already; retry")
+        self._registering.add(name)
+        try:
+            return await self._register(name, labels, annotations)
+        finally:
+            self._registering.discard(name)
+
+    async def _register(
+        self, name: str, labels: dict[str, str], annotations: dict[str, str]
+    ) -> tuple[ClusterRecord, str]:
         existing = self.registry.get_by_name(name)
         cluster_id = existing.id if existing else secrets.token_hex(CLUSTER_ID_BYTES)
         secret = secrets.token_urlsafe(SECRET_BYTES)
