@@ -10,14 +10,16 @@ messages as the rollout did, in the same shape, with bare nats-py:
 * one publisher sends K messages of the measured desired-state message size:
   the server fans them out to the N subscriptions (N deliveries, as the
   rollout's K class messages were);
-* each subscription, on receipt, publishes one message of the measured mean
+* each subscription, on receipt, publishes messages of the measured mean
   status-report size on its own subject (``bench.raw.status.<i>``), on its
-  own connection, with core NATS;
+  own connection, with core NATS: as many in total as the rollout's agents
+  sent status reports during it (at least one each; an agent typically
+  reports twice, NotReady then Ready), spread evenly;
 * one subscriber (the "control plane") counts them; the clock stops at the
-  N-th.
+  last.
 
-So the reference is "fan K messages out to N subscribers and collect N
-status-sized replies at one subscriber". It leaves out everything that is
+So the reference is "fan K messages out to N subscribers and collect the
+rollout's number of status-sized replies at one subscriber". It leaves out everything that is
 shoal: decoding, reconciling, the simulated apply and readiness delay, the
 status interval, JetStream persistence of status reports, ingest and
 aggregation. The ratio ``seconds_to_all_ready / raw_nats_seconds`` is
@@ -47,9 +49,12 @@ async def raw_nats_seconds(
     connections: int,
     desired_size: int,
     status_size: int,
+    status_count: int,
     timeout: float,
 ) -> float:
-    """Seconds from the first of K fan-out publishes to the N-th status-sized reply."""
+    """Seconds from the first of K fan-out publishes to the last status-sized reply."""
+    replies_each, extra = divmod(max(status_count, clusters), clusters)
+    expected = replies_each * clusters + extra
     conns: list[Client] = []
     try:
         for _ in range(max(1, connections) + 2):
@@ -61,7 +66,7 @@ async def raw_nats_seconds(
         async def collect(msg: Msg) -> None:
             nonlocal received
             received += 1
-            if received >= clusters:
+            if received >= expected:
                 done.set()
 
         await sink.subscribe(f"{RAW_PREFIX}.status.>", cb=collect)
@@ -69,9 +74,11 @@ async def raw_nats_seconds(
 
         def replier(nc: Client, index: int) -> Callable[[Msg], Awaitable[None]]:
             subject = f"{RAW_PREFIX}.status.{index}"
+            replies = replies_each + (1 if index < extra else 0)
 
             async def reply(msg: Msg) -> None:
-                await nc.publish(subject, status_payload)
+                for _ in range(replies):
+                    await nc.publish(subject, status_payload)
 
             return reply
 

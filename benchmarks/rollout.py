@@ -19,19 +19,24 @@ Steps, each with its own figure in the result:
    delta of the ``desired_publishes`` counter: ``web`` changes no selector key,
    so the schema is not republished and it is exactly one per class.
 5. Ablation, the way Fleet does it (one BundleDeployment per cluster): the
-   harness plays a per-cluster control plane and publishes one DesiredBundle
+   harness plays a per-cluster control plane (:mod:`benchmarks.percluster`,
+   its own process, as the control plane is) that publishes one DesiredBundle
    per cluster on ``shoal.v1.cluster.<id>.desired.web`` (JetStream, pipelined
    with ``publish_async``: the best case for that design) for a new
-   deployment. Agents honour per-cluster messages over the class message. The
-   clock stops when every cluster's status report on the bus says that
-   deployment is Ready (the same reports the control plane ingests, read by a
-   tap, because the control plane's BundleList counts the class deployment).
+   deployment; the clock starts when it is connected and told to go. Agents
+   honour per-cluster messages over the class message. The clock stops when
+   every cluster's status report on the bus says that deployment is Ready
+   (the same reports the control plane ingests, read by a tap, because the
+   control plane's BundleList counts the class deployment).
 6. The fleet stops and the raw NATS reference runs (:mod:`benchmarks.rawnats`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import sys
 import time
 from typing import Any
 
@@ -41,7 +46,7 @@ from benchmarks.taps import DesiredTap, StatusTap
 from edgeagent.settings import AgentSettings
 from edgeagent.simfleet import SimulatedFleet
 from edgeagent.store import MemoryBlobCache
-from protocol import codec, ids, subjects
+from protocol import codec, ids
 from protocol.messages import DesiredBundle
 from protocol.models import DeploymentOptions
 from shoal_cli.client import AdminClient
@@ -209,45 +214,62 @@ async def _rollout(
 async def _ablation(
     client: AdminClient, fleet: SimulatedFleet, result: dict[str, Any], *, timeout: float
 ) -> None:
-    """One desired-state message per cluster, as a per-cluster control plane would send."""
+    """One desired-state message per cluster, from a per-cluster publisher process."""
     agents = [a for a in fleet.agents if a.identity is not None]
     manifest, blob = h.bundle_blob(ROLLOUT_BUNDLE, "ablation")
     await client.upload_blob(manifest, blob)
     deployment = ids.deployment_id(manifest, DeploymentOptions())
+    spec = {
+        "url": client.url,
+        "bundle": ROLLOUT_BUNDLE,
+        "deployment_id": deployment,
+        "clusters": [a.identity.cluster_id for a in agents if a.identity is not None],
+    }
     tap = StatusTap(client.nc)
     tap.watch(ROLLOUT_BUNDLE, deployment, len(agents))
     await tap.start()
-    js = client.nc.jetstream(timeout=timeout)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.percluster",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
     h.say(f"ablation: one desired-state message per cluster to {len(agents)} clusters")
+    seconds = 0.0
     try:
+        proc.stdin.write((json.dumps(spec) + "\n").encode())
+        await proc.stdin.drain()
+        async with asyncio.timeout(timeout):
+            await proc.stdout.readline()  # "ready": connected, imports done
         started = time.monotonic()
-        size = 0
-        for agent in agents:
-            assert agent.identity is not None
-            payload = codec.encode(
-                DesiredBundle(bundle=ROLLOUT_BUNDLE, rev=time.time_ns(), deployment_id=deployment)
-            )
-            size = len(payload)
-            await js.publish_async(
-                subjects.cluster_desired(agent.identity.cluster_id, ROLLOUT_BUNDLE),
-                payload,
-                wait_stall=timeout,
-            )
-        await asyncio.wait_for(js.publish_async_completed(), timeout)
-        result["ablation_publish_seconds"] = round(time.monotonic() - started, 3)
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
         try:
-            await asyncio.wait_for(tap.done.wait(), timeout)
-        except TimeoutError:
+            async with asyncio.timeout(timeout):
+                line = await proc.stdout.readline()
+                result["ablation_publish_seconds"] = round(json.loads(line)["seconds"], 3)
+                await tap.done.wait()
+        except (TimeoutError, ValueError, KeyError):
             result["errors"].append(
                 f"ablation: only {len(tap.ready)} of {len(agents)} Ready within {timeout} s"
             )
-        seconds = time.monotonic() - started
+        seconds = (tap.done_at or time.monotonic()) - started
     finally:
         await tap.stop()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await proc.wait()
     result["ablation_publishes"] = len(agents)
     result["ablation_ready"] = len(tap.ready)
     result["ablation_per_cluster_seconds"] = round(seconds, 3)
-    result["ablation_bytes_per_cluster"] = size
+    result["ablation_bytes_per_cluster"] = len(
+        codec.encode(
+            DesiredBundle(bundle=ROLLOUT_BUNDLE, rev=time.time_ns(), deployment_id=deployment)
+        )
+    )
     result["ablation_readiness_view"] = "status reports on the bus"
     h.say(
         f"ablation: {len(tap.ready)}/{len(agents)} Ready in {seconds:.2f} s "
@@ -264,6 +286,7 @@ async def _raw_reference(url: str, result: dict[str, Any], *, timeout: float) ->
         connections=result["connections"],
         desired_size=result.get("desired_message_bytes", 0),
         status_size=result.get("status_message_bytes", 0),
+        status_count=result.get("status_messages", 0),
         timeout=timeout,
     )
     result["raw_nats_seconds"] = round(seconds, 4)
