@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -120,11 +121,16 @@ async def run(*, clusters: int, classes: int, timeout: float) -> dict[str, Any]:
         await asyncio.sleep(h.CP_POLL)
         rss_before = bench.cp.rss_bytes()
         h.say(f"registering {clusters} clusters in {classes} classes on {connections} connections")
+        cp_cpu, own_cpu = bench.cp.cpu_seconds(), h.proc_cpu_seconds(os.getpid())
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
                 await fleet.start()
             result["registration_seconds"] = round(time.monotonic() - started, 3)
+            result["registration_cp_cpu_seconds"] = round(bench.cp.cpu_seconds() - cp_cpu, 2)
+            result["registration_harness_cpu_seconds"] = round(
+                h.proc_cpu_seconds(os.getpid()) - own_cpu, 2
+            )
             result["registration_failed"] = len(fleet.failed)
             h.say(f"registered in {result['registration_seconds']} s ({len(fleet.failed)} failed)")
             ready, seconds = await h.wait_ready(
@@ -165,7 +171,7 @@ async def _rollout(
         await client.upload_blob(manifest, blob)
         status_tap.watch(ROLLOUT_BUNDLE, ids.deployment_id(manifest, DeploymentOptions()), clusters)
         before = await h.stats(client)
-        cpu_before = cp.cpu_seconds()
+        cpu_before, own_before = cp.cpu_seconds(), h.proc_cpu_seconds(os.getpid())
         blob_puts, blob_bytes = blobs.puts, blobs.bytes
         h.say(f"rollout: applying {ROLLOUT_BUNDLE} to {clusters} clusters")
         started = time.monotonic()
@@ -178,6 +184,7 @@ async def _rollout(
         if status_tap.done.is_set():
             result["seconds_to_all_reported"] = round(status_tap.done_at - started, 3)
         result["cp_cpu_seconds"] = round(cp.cpu_seconds() - cpu_before, 3)
+        result["harness_cpu_seconds"] = round(h.proc_cpu_seconds(os.getpid()) - own_before, 3)
         after = await h.stats(client)
     finally:
         await desired_tap.stop()
