@@ -35,6 +35,7 @@ from edgeagent.bus import AgentBus, Handler, NatsBus, Subscription
 from edgeagent.desired import DesiredState, Scope
 from edgeagent.errors import AgentError, BusError, BusUnavailable, IdentityError, StateStoreError
 from edgeagent.reconciler import Reconciler
+from edgeagent.render import ParseCache
 from edgeagent.reporter import Reporter
 from edgeagent.settings import AgentSettings
 from edgeagent.store import BLOB_DIR, BlobCache, DiskBlobCache, DiskStore, Identity, StateStore
@@ -67,6 +68,7 @@ class Agent:
         annotations: Mapping[str, str] | None = None,
         token: str | None = None,
         blobs: BlobProvider | None = None,
+        parsed: ParseCache | None = None,
     ) -> None:
         self.bus = bus
         self.backend = backend
@@ -81,8 +83,10 @@ class Agent:
             blobs=blobs or Blobs(blob_cache, bus, timeout=settings.blob_timeout),
             settings=settings,
             cluster=name,
+            parsed=parsed or ParseCache(),
         )
         self.reporter = Reporter(bus, self.reconciler, settings)
+        self.reconciler.on_change = self.reporter.notify
         self.desired = DesiredState()
         self.identity: Identity | None = None
         self.malformed = 0

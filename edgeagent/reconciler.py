@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -29,13 +29,14 @@ import structlog
 from edgeagent.backend import ClusterBackend, Deployment, Observation
 from edgeagent.blobs import BlobProvider
 from edgeagent.errors import ApplyError, BlobError, DeploymentError
-from edgeagent.render import render
+from edgeagent.render import ParseCache, place
 from edgeagent.settings import AgentSettings
 from edgeagent.tasks import wait_event
 from protocol.codec import decode_resources
 from protocol.errors import DecodeError
 from protocol.ids import manifest_of
 from protocol.messages import BundleStatus, DesiredBundle, ResourceCondition
+from protocol.models import BundleResource
 from protocol.states import State
 
 log = structlog.get_logger(__name__)
@@ -70,6 +71,9 @@ class Reconciler:
     settings: AgentSettings
     cluster: str = ""
     version: int = 0
+    parsed: ParseCache = field(default_factory=ParseCache)
+    # Called on every status change (the reporter wakes on it instead of polling).
+    on_change: Callable[[], None] | None = None
     _records: dict[str, _Record] = field(default_factory=dict)
     _removals: dict[str, _Removal] = field(default_factory=dict)
     _known: bool = False
@@ -159,6 +163,8 @@ class Reconciler:
 
     def _changed(self) -> None:
         self.version += 1
+        if self.on_change is not None:
+            self.on_change()
 
     def _set(
         self,
@@ -205,15 +211,18 @@ class Reconciler:
     async def _prepare(self, desired: DesiredBundle) -> Deployment:
         manifest = manifest_of(desired.deployment_id)
         blob = await self.blobs.get(manifest)
-        try:
-            resources = decode_resources(blob)
-        except DecodeError as exc:
-            raise BlobError(
-                f"resources {manifest} are not a resource list: {exc}",
-                manifest_id=manifest,
-                transient=False,
-            ) from exc
-        objects = render(resources, desired.options)
+
+        def resources() -> list[BundleResource]:
+            try:
+                return decode_resources(blob)
+            except DecodeError as exc:
+                raise BlobError(
+                    f"resources {manifest} are not a resource list: {exc}",
+                    manifest_id=manifest,
+                    transient=False,
+                ) from exc
+
+        objects = place(self.parsed.get(manifest, resources), desired.options)
         return Deployment(desired.bundle, desired.deployment_id, desired.options, objects)
 
     async def _apply(self, record: _Record) -> None:

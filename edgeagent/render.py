@@ -11,11 +11,11 @@ bundle (invariant 5) with an error naming the file and the document.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from edgeagent.errors import RenderError
-from protocol.manifests import ManifestError, parse_resources
+from protocol.manifests import ManifestError, ParsedObject, parse_resources
 from protocol.models import BundleResource, DeploymentOptions
 
 DEFAULT_NAMESPACE = "default"
@@ -47,6 +47,14 @@ def _place(obj: dict[str, Any], options: DeploymentOptions) -> dict[str, Any]:
     return obj
 
 
+def parse(resources: Iterable[BundleResource]) -> tuple[ParsedObject, ...]:
+    """The bundle's objects as parsed, before placement; RenderError names the file."""
+    try:
+        return tuple(parse_resources(resources))
+    except ManifestError as exc:
+        raise RenderError(str(exc), file=exc.file, document=exc.document) from exc
+
+
 def render(
     resources: Iterable[BundleResource], options: DeploymentOptions
 ) -> tuple[dict[str, Any], ...]:
@@ -55,10 +63,11 @@ def render(
     Parsing is :func:`protocol.manifests.parse_resources`, the same code the
     control plane validates bundles with, so both sides agree on what is valid.
     """
-    try:
-        parsed = parse_resources(resources)
-    except ManifestError as exc:
-        raise RenderError(str(exc), file=exc.file, document=exc.document) from exc
+    return place(parse(resources), options)
+
+
+def place(parsed: Iterable[ParsedObject], options: DeploymentOptions) -> tuple[dict[str, Any], ...]:
+    """Copies of parsed objects with their namespaces placed for these options."""
     objects: list[dict[str, Any]] = []
     for item in parsed:
         obj = copy.deepcopy(item.obj)
@@ -71,6 +80,30 @@ def render(
             )
         objects.append(_place(obj, options))
     return tuple(objects)
+
+
+class ParseCache:
+    """Parsed objects by manifest ID, so a deployment is parsed once per process.
+
+    One agent parses each deployment once anyway; a simulated fleet shares one
+    cache among its agents, as many real clusters would each parse once in
+    parallel. Bounded: the oldest entries go first.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._entries: dict[str, tuple[ParsedObject, ...]] = {}
+
+    def get(
+        self, manifest_id: str, resources: Callable[[], list[BundleResource]]
+    ) -> tuple[ParsedObject, ...]:
+        parsed = self._entries.get(manifest_id)
+        if parsed is None:
+            parsed = parse(resources())
+            if len(self._entries) >= self._size:
+                del self._entries[next(iter(self._entries))]
+            self._entries[manifest_id] = parsed
+        return parsed
 
 
 def object_key(obj: dict[str, Any]) -> tuple[str, str, str, str]:

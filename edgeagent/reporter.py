@@ -3,7 +3,9 @@
 A :class:`StatusReport` carries every desired bundle's status and is sent
 when any of them changed, at most once per ``status_interval`` (changes in
 between are batched), with JetStream acknowledgement so the status stream
-holds the cluster's latest report. A report that could not be sent stays due
+holds the cluster's latest report. The reporter sleeps until the reconciler
+tells it of a change, so a thousand idle agents in one process cost no
+wake-ups. A report that could not be sent stays due
 and is retried next interval; after a reconnect a full report is sent even if
 nothing changed. Heartbeats are core NATS and skipped when a report went out
 within the heartbeat interval, since the report proves liveness as well.
@@ -64,10 +66,17 @@ class Reporter:
         self._last_status_at = -math.inf
         self.reports_sent = 0
         self.heartbeats_sent = 0
+        self._wake = asyncio.Event()
+        self._wake.set()  # the first report goes out as soon as there is an identity
+
+    def notify(self) -> None:
+        """Something in the status changed: report it (within the status interval)."""
+        self._wake.set()
 
     def force_full(self) -> None:
         """Send a full report at the next interval even if nothing changed (reconnects)."""
         self._force = True
+        self._wake.set()
 
     @property
     def dirty(self) -> bool:
@@ -114,8 +123,12 @@ class Reporter:
 
     async def run_status(self) -> None:
         while True:
+            await self._wake.wait()
+            self._wake.clear()
             await self.flush()
             await asyncio.sleep(self._settings.status_interval)
+            if self.dirty:  # changed meanwhile, or the bus refused: go again
+                self._wake.set()
 
     async def run_heartbeats(self) -> None:
         while True:

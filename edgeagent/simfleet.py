@@ -24,6 +24,7 @@ from edgeagent.agent import Agent
 from edgeagent.blobs import Blobs
 from edgeagent.bus import NatsBus
 from edgeagent.errors import AgentError, BusUnavailable
+from edgeagent.render import ParseCache
 from edgeagent.settings import AgentSettings
 from edgeagent.simulated import SimulatedCluster
 from edgeagent.store import MemoryBlobCache, MemoryStore
@@ -67,6 +68,7 @@ class SimulatedFleet:
         self._concurrency = max(1, register_concurrency)
         self._name_for = name_for
         self.blob_cache = MemoryBlobCache()
+        self.parsed = ParseCache()  # every agent renders from one parse per deployment
         self.agents: list[Agent] = []
         self.backends: list[SimulatedCluster] = []
         self.failed: dict[str, str] = {}
@@ -123,6 +125,7 @@ class SimulatedFleet:
                 store=MemoryStore(),
                 blob_cache=self.blob_cache,
                 blobs=loaders[index % len(loaders)],
+                parsed=self.parsed,
                 settings=self.settings,
                 name=name,
                 labels=self._labels_for(index),
