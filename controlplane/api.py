@@ -140,7 +140,7 @@ class Api:
             labels=request.labels,
             annotations=request.annotations,
         )
-        return RegisterReply(cluster_id=record.id, secret=secret, shard=record.stored.shard)
+        return RegisterReply(cluster_id=record.id, secret=secret, shard=record.shard)
 
     async def hello(self, data: bytes, subject: str) -> WireMessage:
         request = codec.decode(data, HelloRequest)
@@ -151,7 +151,7 @@ class Api:
             labels=request.labels,
             annotations=request.annotations,
         )
-        return HelloReply(name=record.name, shard=record.stored.shard)
+        return HelloReply(name=record.name, shard=record.shard)
 
     # -- admin ---------------------------------------------------------------
 

@@ -23,7 +23,14 @@ from nats.js.errors import ObjectNotFoundError
 from controlplane import sources
 from controlplane.errors import AuthError, BundleInvalid, NotFound, RequestRejected
 from controlplane.publisher import DesiredPublisher, Key
-from controlplane.registry import ClusterRecord, Registry, StoredCluster, secret_digest, shard_of
+from controlplane.registry import (
+    ClusterRecord,
+    Registry,
+    StoredCluster,
+    secret_digest,
+    secret_matches,
+    shard_of,
+)
 from controlplane.settings import ServerSettings
 from controlplane.status import Liveness, StatusBook, summarise
 from controlplane.streams import Stores
@@ -283,9 +290,10 @@ class Fleet:
             validate_labels(labels)
         except InvalidNameError as exc:
             raise BundleInvalid(str(exc)) from exc
-        stored = record.stored
-        if stored.labels != labels or stored.annotations != annotations:
-            updated = stored.model_copy(update={"labels": labels, "annotations": annotations})
+        if record.labels != labels or record.annotations != annotations:
+            updated = record.stored.model_copy(
+                update={"labels": labels, "annotations": annotations}
+            )
             _, new_class = await self.registry.save(updated)
             if new_class:
                 await self.retarget()
@@ -298,7 +306,7 @@ class Fleet:
         record = self.registry.clusters.get(cluster_id)
         if record is None:
             raise NotFound(f"no cluster with ID {cluster_id!r}; register again with a token")
-        if not secrets.compare_digest(record.stored.secret_sha256, secret_digest(secret)):
+        if not secret_matches(record, secret):
             raise AuthError(f"wrong credentials for cluster {record.name!r}")
         return record
 
@@ -307,11 +315,11 @@ class Fleet:
     def heartbeat(self, record: ClusterRecord, *, seen: float, now: float) -> None:
         """The cluster was alive at ``seen``; only the shard's owner tracks liveness."""
         record.last_seen = max(record.last_seen or 0.0, seen)
-        if record.stored.shard not in self.owned:
+        if record.shard not in self.owned:
             return
         if now - seen > self._settings.heartbeat_timeout:
             return  # old news: proves nothing about now
-        self.liveness.seen(record.id, seen)
+        self.liveness.seen(record, seen)
         if record.offline:
             self.status.set_offline(self.registry, record, False)
             log.info("cluster.online", cluster=record.name)
@@ -349,9 +357,8 @@ class Fleet:
 
     def sweep_offline(self, now: float) -> int:
         marked = 0
-        for cluster_id in self.liveness.overdue(now):
-            record = self.registry.clusters.get(cluster_id)
-            if record is not None and not record.offline:
+        for record in self.liveness.overdue(now):
+            if not record.offline:
                 self.status.set_offline(self.registry, record, True)
                 marked += 1
                 log.info("cluster.offline", cluster=record.name, last_seen=record.last_seen)
@@ -364,18 +371,18 @@ class Fleet:
         self.owned.add(shard)
         deadline = time.time() + self._settings.startup_grace
         for record in self.registry:
-            if record.stored.shard == shard:
-                self.liveness.seen(record.id, deadline)
+            if record.shard == shard:
+                self.liveness.seen(record, deadline)
 
     def release_shard(self, shard: int) -> None:
         """Forget what we knew of the shard's clusters: its new owner counts them now."""
         self.owned.discard(shard)
         for record in self.registry:
-            if record.stored.shard != shard:
+            if record.shard != shard:
                 continue
             self.status.forget(record)
             self.registry.set_offline(record, False)
-            self.liveness.forget(record.id)
+            self.liveness.forget(record)
             record.status_key = 0
             record.last_seen = None
 
@@ -389,10 +396,10 @@ class Fleet:
             mine = set(owned)
             clusters = {
                 r.id: admin.ClusterLive(
-                    reported=r.reported, offline=r.offline, last_seen=r.last_seen
+                    reported=r.reported_map(), offline=r.offline, last_seen=r.last_seen
                 )
                 for r in self.registry
-                if r.stored.shard in mine
+                if r.shard in mine
             }
         return admin.ShardSummary(
             replica=replica,
@@ -446,7 +453,7 @@ class Fleet:
                 admin.ClusterSummary(
                     id=record.id,
                     name=record.name,
-                    labels=record.stored.labels,
+                    labels=record.labels,
                     class_id=record.class_id,
                     bundles=StatusBook.cluster_states(
                         record.class_id, known.reported, self.desired, bundles

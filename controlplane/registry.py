@@ -11,11 +11,13 @@ million small records and a few class entries.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import msgpack
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,23 +39,85 @@ class StoredCluster(BaseModel):
     registered_at: float
 
 
-@dataclass(slots=True)
+# One reported bundle: (bundle, deployment ID, state). Equal triples are one
+# shared object (see StatusBook), so a million clusters on one deployment
+# hold a million pointers, not a million copies.
+Reported = tuple[str, str, State]
+_NO_ANNOTATIONS = b""
+
+
+def _pack(mapping: dict[str, str]) -> bytes:
+    return msgpack.packb(sorted(mapping.items()), use_bin_type=True) if mapping else b""
+
+
+def _unpack(packed: bytes) -> dict[str, str]:
+    return {k: v for k, v in msgpack.unpackb(packed, raw=False)} if packed else {}
+
+
+@dataclass(slots=True, eq=False)
 class ClusterRecord:
-    stored: StoredCluster
+    """What the control plane keeps per cluster, kept small: a million of these fit.
+
+    Labels and annotations are packed (a few dozen bytes instead of two dicts),
+    the secret is its raw digest, the class ID is the class's own string object.
+    """
+
+    id: str
+    name: str
+    shard: int
+    labels_packed: bytes
+    annotations_packed: bytes
+    secret_digest: bytes
+    registered_at: float
     class_id: str = ""
     last_seen: float | None = None
     offline: bool = False
     status_key: int = 0  # stream sequence of the last report taken
-    # bundle -> (deployment ID, state) as last reported by the agent
-    reported: dict[str, tuple[str, State]] = field(default_factory=dict)
+    deadline: int = 0  # liveness bucket (see status.Liveness)
+    reported: tuple[Reported, ...] = ()
+
+    @classmethod
+    def from_stored(cls, stored: StoredCluster) -> ClusterRecord:
+        return cls(
+            id=stored.id,
+            name=stored.name,
+            shard=stored.shard,
+            labels_packed=_pack(stored.labels),
+            annotations_packed=_pack(stored.annotations) or _NO_ANNOTATIONS,
+            secret_digest=bytes.fromhex(stored.secret_sha256),
+            registered_at=stored.registered_at,
+        )
+
+    def adopt(self, stored: StoredCluster) -> None:
+        self.name = stored.name
+        self.shard = stored.shard
+        self.labels_packed = _pack(stored.labels)
+        self.annotations_packed = _pack(stored.annotations) or _NO_ANNOTATIONS
+        self.secret_digest = bytes.fromhex(stored.secret_sha256)
+        self.registered_at = stored.registered_at
 
     @property
-    def id(self) -> str:
-        return self.stored.id
+    def labels(self) -> dict[str, str]:
+        return _unpack(self.labels_packed)
 
     @property
-    def name(self) -> str:
-        return self.stored.name
+    def annotations(self) -> dict[str, str]:
+        return _unpack(self.annotations_packed)
+
+    @property
+    def stored(self) -> StoredCluster:
+        return StoredCluster(
+            id=self.id,
+            name=self.name,
+            labels=self.labels,
+            annotations=self.annotations,
+            shard=self.shard,
+            secret_sha256=self.secret_digest.hex(),
+            registered_at=self.registered_at,
+        )
+
+    def reported_map(self) -> dict[str, tuple[str, State]]:
+        return {bundle: (deployment, state) for bundle, deployment, state in self.reported}
 
 
 @dataclass(slots=True)
@@ -66,6 +130,10 @@ class LabelClass:
 
 def secret_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secret_matches(record: ClusterRecord, secret: str) -> bool:
+    return hmac.compare_digest(record.secret_digest, hashlib.sha256(secret.encode()).digest())
 
 
 def shard_of(cluster_id: str, shards: int) -> int:
@@ -93,18 +161,18 @@ class Registry:
         """Take a registration into memory; returns the record and whether its class is new."""
         record = self.clusters.get(stored.id)
         if record is None:
-            record = ClusterRecord(stored=stored)
-            self.clusters[stored.id] = record
+            record = ClusterRecord.from_stored(stored)
+            self.clusters[record.id] = record
         else:
-            old_name = record.stored.name
+            old_name = record.name
             if old_name != stored.name and self.by_name.get(old_name) == stored.id:
                 del self.by_name[old_name]
-            record.stored = stored
-        self.by_name[stored.name] = stored.id
+            record.adopt(stored)
+        self.by_name[record.name] = record.id
         return record, self._classify(record)
 
     def _classify(self, record: ClusterRecord) -> bool:
-        projection = project(class_labels(record.name, record.stored.labels), self.schema)
+        projection = project(class_labels(record.name, record.labels), self.schema)
         new_id = class_id(projection)
         if new_id == record.class_id:
             return False
@@ -122,7 +190,7 @@ class Registry:
         label_class.members.add(record.id)
         if record.offline:
             label_class.offline += 1
-        old_id, record.class_id = record.class_id, new_id
+        old_id, record.class_id = record.class_id, label_class.id  # one string per class
         if old_id and self.on_move is not None:
             self.on_move(record, old_id)
         return created

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
-from controlplane.registry import ClusterRecord, Registry
+from controlplane.registry import ClusterRecord, Registry, Reported
 from controlplane.targeting import Resolved
 from protocol.messages import StatusReport
 from protocol.states import State
@@ -27,14 +27,16 @@ class StatusBook:
     def __init__(self) -> None:
         # bundle -> (class ID, deployment ID, state) -> online clusters
         self.counts: dict[str, Counter[tuple[str, str, State]]] = {}
-        self._interned: dict[str, str] = {}
+        # One shared tuple per (bundle, deployment, state): records point at these.
+        # Grows with deployments ever reported (bundles x deployments x states).
+        self._interned: dict[Reported, Reported] = {}
 
-    def _intern(self, value: str) -> str:
+    def _intern(self, value: Reported) -> Reported:
         return self._interned.setdefault(value, value)
 
     def _add(self, record: ClusterRecord, sign: int, class_id: str | None = None) -> None:
         label_class = record.class_id if class_id is None else class_id
-        for bundle, (deployment, state) in record.reported.items():
+        for bundle, deployment, state in record.reported:
             counter = self.counts.setdefault(bundle, Counter())
             key = (label_class, deployment, state)
             counter[key] += sign
@@ -58,9 +60,9 @@ class StatusBook:
         record.status_key = seq
         if not record.offline:
             self._add(record, -1)
-        record.reported = {
-            self._intern(s.bundle): (self._intern(s.deployment_id), s.state) for s in report.bundles
-        }
+        record.reported = tuple(
+            self._intern((s.bundle, s.deployment_id, s.state)) for s in report.bundles
+        )
         if not record.offline:
             self._add(record, +1)
         return True
@@ -74,7 +76,7 @@ class StatusBook:
     def forget(self, record: ClusterRecord) -> None:
         if not record.offline:
             self._add(record, -1)
-        record.reported = {}
+        record.reported = ()
 
     def partial_counts(self) -> dict[str, tuple[tuple[str, str, State, int], ...]]:
         """This replica's counts, for the fleet-wide summary (see :func:`summarise`)."""
@@ -153,36 +155,37 @@ def summarise(
 
 
 class Liveness:
-    """Heartbeat deadlines in one-second buckets: a sweep touches only overdue ones."""
+    """Heartbeat deadlines in one-second buckets: a sweep touches only overdue ones.
+
+    A cluster's bucket is kept in its record (``deadline``), so tracking costs
+    one set entry per cluster and nothing more.
+    """
 
     def __init__(self, timeout: float) -> None:
         self._timeout = timeout
-        self._buckets: dict[int, set[str]] = {}
-        self._bucket_of: dict[str, int] = {}
+        self._buckets: dict[int, set[ClusterRecord]] = {}
 
-    def seen(self, cluster_id: str, now: float) -> None:
+    def seen(self, record: ClusterRecord, now: float) -> None:
         bucket = int(now + self._timeout) + 1
-        old = self._bucket_of.get(cluster_id)
-        if old == bucket:
+        if record.deadline == bucket:
             return
-        if old is not None:
-            members = self._buckets.get(old)
-            if members is not None:
-                members.discard(cluster_id)
-        self._buckets.setdefault(bucket, set()).add(cluster_id)
-        self._bucket_of[cluster_id] = bucket
+        self.forget(record)
+        self._buckets.setdefault(bucket, set()).add(record)
+        record.deadline = bucket
 
-    def overdue(self, now: float) -> list[str]:
+    def overdue(self, now: float) -> list[ClusterRecord]:
         """Clusters whose deadline passed since the last call; they are forgotten."""
-        out: list[str] = []
+        out: list[ClusterRecord] = []
         for bucket in [b for b in self._buckets if b <= now]:
-            for cluster_id in self._buckets.pop(bucket):
-                if self._bucket_of.get(cluster_id) == bucket:
-                    del self._bucket_of[cluster_id]
-                    out.append(cluster_id)
+            for record in self._buckets.pop(bucket):
+                if record.deadline == bucket:
+                    record.deadline = 0
+                    out.append(record)
         return out
 
-    def forget(self, cluster_id: str) -> None:
-        bucket = self._bucket_of.pop(cluster_id, None)
-        if bucket is not None:
-            self._buckets.get(bucket, set()).discard(cluster_id)
+    def forget(self, record: ClusterRecord) -> None:
+        if record.deadline:
+            members = self._buckets.get(record.deadline)
+            if members is not None:
+                members.discard(record)
+            record.deadline = 0

@@ -63,6 +63,7 @@ def test_counts_follow_a_cluster_that_changes_class() -> None:
     registry.index(record.stored.model_copy(update={"labels": {"env": "b"}}))
 
     assert set(book.counts["web"]) == {(record.class_id, "d1", State.READY)}
+    assert record.reported_map() == {"web": ("d1", State.READY)}
 
 
 def test_older_reports_are_ignored_and_offline_clusters_are_not_counted() -> None:
@@ -78,12 +79,32 @@ def test_older_reports_are_ignored_and_offline_clusters_are_not_counted() -> Non
 
 
 def test_liveness_reports_each_overdue_cluster_once() -> None:
+    registry = registry_with(("a", {}), ("b", {}))
+    a, b = registry.clusters["a"], registry.clusters["b"]
     liveness = Liveness(timeout=10)
-    liveness.seen("a", now=100)
-    liveness.seen("b", now=105)
+    liveness.seen(a, now=100)
+    liveness.seen(b, now=105)
     assert liveness.overdue(105) == []
-    assert liveness.overdue(112) == ["a"]
-    liveness.seen("b", now=112)  # a heartbeat pushes the deadline out
+    assert liveness.overdue(112) == [a]
+    liveness.seen(b, now=112)  # a heartbeat pushes the deadline out
     assert liveness.overdue(118) == []
-    assert liveness.overdue(125) == ["b"]
+    assert liveness.overdue(125) == [b]
     assert liveness.overdue(200) == []
+
+
+def test_a_record_keeps_labels_packed_and_gives_back_its_registration() -> None:
+    stored = StoredCluster(
+        id="c1",
+        name="shop-1",
+        labels={"env": "prod", "shop": "0001"},
+        shard=3,
+        secret_sha256="ab" * 32,
+        registered_at=1.5,
+    )
+    registry = Registry(cast(Any, None))
+    record, created = registry.index(stored)
+
+    assert created
+    assert record.labels == {"env": "prod", "shop": "0001"}
+    assert record.stored == stored
+    assert registry.get_by_name("shop-1") is record
