@@ -109,6 +109,7 @@ class ControlPlane:
             raise BusError(f"cannot connect to NATS at {self.url}: {exc}") from exc
         self._js = self._nc.jetstream(timeout=settings.request_timeout)
         stores = await streams.ensure(self._js, replicas=settings.replicas)
+        await streams.fix_shard_count(stores.meta, settings.shards)
         publisher = DesiredPublisher(
             self._js, timeout=settings.request_timeout, purge_grace=settings.class_purge_grace
         )

@@ -10,6 +10,7 @@ shoal-tokens       registration tokens by sha256 of the token
 shoal-clusters     the cluster registry
 shoal-bundles      bundle specs and their manifest IDs
 shoal-groups       cluster groups
+shoal-meta         facts fixed for the fleet's lifetime (the shard count)
 shoal-blobs        bundle resources by manifest ID (object store)
 =================  ==========================================================
 """
@@ -27,13 +28,16 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyValueError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from controlplane.errors import ControlPlaneError
 from protocol import subjects
 
 TOKENS_BUCKET = "shoal-tokens"
+META_BUCKET = "shoal-meta"
+SHARDS_KEY = "shards"
 CLUSTERS_BUCKET = "shoal-clusters"
 BUNDLES_BUCKET = "shoal-bundles"
 GROUPS_BUCKET = "shoal-groups"
@@ -67,6 +71,7 @@ def status_stream(replicas: int) -> StreamConfig:
 
 @dataclass
 class Stores:
+    meta: KeyValue
     tokens: KeyValue
     clusters: KeyValue
     bundles: KeyValue
@@ -105,9 +110,31 @@ async def ensure(js: JetStreamContext, *, replicas: int = 1) -> Stores:
             ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas),
         )
     return Stores(
+        meta=await _kv(js, META_BUCKET, replicas),
         tokens=await _kv(js, TOKENS_BUCKET, replicas),
         clusters=await _kv(js, CLUSTERS_BUCKET, replicas),
         bundles=await _kv(js, BUNDLES_BUCKET, replicas),
         groups=await _kv(js, GROUPS_BUCKET, replicas),
         blobs=blobs,
     )
+
+
+async def fix_shard_count(meta: KeyValue, shards: int) -> None:
+    """Record the shard count on first start; refuse a replica that disagrees.
+
+    Agents keep the shard they were given at registration, so the count can
+    never change for a fleet; a replica started with another count would
+    ingest the wrong clusters.
+    """
+    try:
+        await meta.create(SHARDS_KEY, str(shards).encode())
+        return
+    except KeyValueError:
+        pass
+    entry = await meta.get(SHARDS_KEY)
+    recorded = int((entry.value or b"0").decode())
+    if recorded != shards:
+        raise ControlPlaneError(
+            f"this NATS holds a shoal fleet with {recorded} shards; start the control plane "
+            f"with --shards {recorded} (or SHOAL_SHARDS={recorded})"
+        )

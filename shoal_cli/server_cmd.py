@@ -31,6 +31,12 @@ def add_parser(commands: Any) -> None:
     )
     server.add_argument("--replicas", type=int, help="JetStream replicas (3 on a NATS cluster)")
     server.add_argument(
+        "--shards",
+        type=int,
+        help="shards clusters hash into, fixed for the fleet's lifetime and the same on every "
+        "replica (default 16)",
+    )
+    server.add_argument(
         "--heartbeat-timeout",
         type=float,
         metavar="SECONDS",
@@ -47,6 +53,7 @@ async def run(args: argparse.Namespace) -> int:
         port=args.port,
         nats_url=args.nats_url,
         replicas=args.replicas,
+        shards=args.shards,
         heartbeat_timeout=args.heartbeat_timeout,
     )
     await run_server(settings)

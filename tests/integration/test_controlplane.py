@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from controlplane.errors import ControlPlaneError
 from controlplane.server import ControlPlane
 from controlplane.settings import ServerSettings
 from protocol import admin, codec, subjects
@@ -299,3 +301,12 @@ async def test_a_second_replica_answers_status_like_the_first(
         for _ in range(6):
             summary = (await h.bundles(nc))["web"]
             assert summary.states == {State.READY: 1}
+
+
+async def test_a_replica_with_another_shard_count_is_refused(
+    control_plane: ControlPlane, cp_settings: ServerSettings
+) -> None:
+    other = cp_settings.model_copy(update={"shards": cp_settings.shards * 2})
+    with pytest.raises(ControlPlaneError, match=f"--shards {cp_settings.shards}"):
+        async with ControlPlane(other):
+            pass
