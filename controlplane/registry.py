@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -223,6 +222,3 @@ class Registry:
     def __len__(self) -> int:
         return len(self.clusters)
 
-
-def dump_json(value: dict[str, object]) -> bytes:
-    return json.dumps(value, sort_keys=True).encode()
