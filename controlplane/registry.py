@@ -221,4 +221,3 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self.clusters)
-
