@@ -271,7 +271,10 @@ class Agent:
             self._subs["schema"] = await self.bus.subscribe(subjects.SCHEMA, self._on_schema)
         raw = await self.bus.last_message(subjects.SCHEMA)
         schema = self._decode_schema(subjects.SCHEMA, raw) if raw is not None else None
-        self.desired.schema = schema or self.desired.schema or ClassSchema()
+        # A live schema message can beat the stream's copy of it to a direct get:
+        # never step back to an older epoch.
+        self._adopt_schema(schema)
+        assert self.desired.schema is not None  # _adopt_schema always leaves one
         class_id = class_of(self._cluster_name(), self.labels, self.desired.schema)
         if class_id != self._subscribed_class:
             old = self._subs.pop("class", None)
@@ -336,11 +339,20 @@ class Agent:
 
     async def _on_schema(self, subject: str, data: bytes) -> None:
         schema = self._decode_schema(subject, data)
-        if schema is None:
+        if schema is None or not self._adopt_schema(schema):
             return
-        self.desired.schema = schema
         if class_of(self._cluster_name(), self.labels, schema) != self._subscribed_class:
             self._resync.set()
+
+    def _adopt_schema(self, schema: ClassSchema | None) -> bool:
+        """Take ``schema`` unless it is older than the one held; True if taken."""
+        current = self.desired.schema
+        if schema is None or (current is not None and schema.epoch < current.epoch):
+            if current is None:
+                self.desired.schema = ClassSchema()
+            return False
+        self.desired.schema = schema
+        return True
 
     def _desired_handler(self, scope: Scope) -> Handler:
         async def handle(subject: str, data: bytes) -> None:

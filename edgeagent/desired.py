@@ -8,8 +8,11 @@ subscription and snapshot overlap on purpose, so nothing falls between them),
 so each scope keeps the highest ``rev`` per bundle, tombstones included, so a
 late older message cannot resurrect a deleted bundle.
 
-A snapshot replaces a scope wholesale, except for bundles a live message
-touched while the snapshot was in flight: those keep the higher rev of both.
+A snapshot merges into a scope by rev: it never takes away a bundle the scope
+already holds at a higher rev. Removal always arrives as a tombstone (a
+message with a higher rev), never as an absence, so a snapshot that misses a
+message JetStream was still storing while the live copy was delivered cannot
+remove a bundle by surprise.
 """
 
 from __future__ import annotations
@@ -71,17 +74,14 @@ class DesiredState:
 
     def end_snapshot(self, scope: Scope, messages: list[DesiredBundle]) -> bool:
         """Replace ``scope`` by a snapshot; True if the effective state changed."""
-        touched = self._touched[scope] or set()
         self._touched[scope] = None
-        old = self._scopes[scope]
         new: dict[str, DesiredBundle] = {}
         for message in messages:
             if _newer(message, new.get(message.bundle)):
                 new[message.bundle] = message
-        for name in touched:
-            live = old.get(name)
-            if live is not None and _newer(live, new.get(name)):
-                new[name] = live
+        for name, held in self._scopes[scope].items():
+            if _newer(held, new.get(name)):
+                new[name] = held
         before = self.effective()
         self._scopes[scope] = new
         return self.effective() != before

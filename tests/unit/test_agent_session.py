@@ -258,6 +258,26 @@ def test_desired_state_orders_by_rev_and_keeps_live_messages_over_snapshot() -> 
     state.offer(Scope.CLASS, DesiredBundle(bundle="b", rev=5, deployment_id="live"))
     state.end_snapshot(Scope.CLASS, [DesiredBundle(bundle="a", rev=3, deployment_id="y")])
     assert {k: v.deployment_id for k, v in state.effective().items()} == {"a": "y", "b": "live"}
+    # A snapshot that lacks a bundle (JetStream still storing it) removes nothing ...
     state.begin_snapshot(Scope.CLASS)
     state.end_snapshot(Scope.CLASS, [])
-    assert state.effective() == {}
+    assert set(state.effective()) == {"a", "b"}
+    # ... only a tombstone with a higher rev does.
+    state.begin_snapshot(Scope.CLASS)
+    state.end_snapshot(Scope.CLASS, [DesiredBundle(bundle="a", rev=4, deleted=True)])
+    assert set(state.effective()) == {"b"}
+
+
+async def test_a_stale_schema_from_the_stream_does_not_undo_a_newer_live_one() -> None:
+    bus = MemoryBus()
+    cp = ControlPlane(bus)
+    new = ClassSchema(epoch=2, keys={"env": ("prod",)})
+    old = ClassSchema(epoch=1, keys={})
+    async with make_agent(bus, MemoryStore()) as agent:
+        await until(lambda: agent.syncs >= 1)
+        # The live copy arrives first; the stream still answers with the old one.
+        await bus.deliver(subjects.SCHEMA, encode(SchemaMessage(class_schema=new)))
+        await bus.put(subjects.SCHEMA, encode(SchemaMessage(class_schema=old)))
+        await cp.desired(class_subject("app", new), "app")
+        await until(lambda: bundles(agent) == {"app": State.READY})
+        assert agent.desired.schema == new
