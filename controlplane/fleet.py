@@ -124,7 +124,10 @@ class Fleet:
         known = self.registry.clusters.get(key)
         if known is not None and known.stored == stored:
             return
-        _, new_class = self.registry.index(stored)
+        record, new_class = self.registry.index(stored)
+        if known is None and record.shard in self.owned:
+            # Registered through another replica: its liveness is ours to track.
+            self.liveness.seen(record, time.time())
         if new_class and self._loaded:
             await self.retarget()
 
