@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from benchmarks import harness, heartbeat, rollout
+from benchmarks import failover, harness, heartbeat, rollout
 from shoal_cli import logs
 
 DEFAULT_CLUSTERS = 1000
@@ -36,6 +36,10 @@ Scenario = Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]]
 
 async def _rollout(args: argparse.Namespace) -> dict[str, Any]:
     return await rollout.run(clusters=args.clusters, classes=args.classes, timeout=args.timeout)
+
+
+async def _failover(args: argparse.Namespace) -> dict[str, Any]:
+    return await failover.run(clusters=args.clusters, classes=args.classes, timeout=args.timeout)
 
 
 async def _heartbeat(args: argparse.Namespace) -> dict[str, Any]:
@@ -54,6 +58,11 @@ SCENARIOS: dict[str, tuple[Scenario, str]] = {
         "N clusters in K label classes, one bundle change: seconds until the control plane "
         "shows all Ready, its publishes, memory per cluster, desired bytes per cluster, "
         "with the raw NATS reference and the one-message-per-cluster ablation",
+    ),
+    "failover": (
+        _failover,
+        "two control-plane replicas, the leader SIGKILLed right after a bundle change: "
+        "seconds until the survivor shows all Ready, and that it owns every shard",
     ),
     "heartbeat": (
         _heartbeat,

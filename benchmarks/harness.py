@@ -194,6 +194,7 @@ class ControlPlaneProcess:
 
     url: str
     workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
     proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -203,7 +204,8 @@ class ControlPlaneProcess:
         return self.proc.pid
 
     async def start(self) -> None:
-        env = {**os.environ, "SHOAL_LOG_LEVEL": CP_LOG_LEVEL}
+        env = {**os.environ, "SHOAL_LOG_LEVEL": CP_LOG_LEVEL, **self.env}
+        self.workdir.mkdir(parents=True, exist_ok=True)
         log_path = self.workdir / "controlplane.log"
         with log_path.open("ab") as log_file:
             self.proc = await asyncio.create_subprocess_exec(
@@ -248,6 +250,7 @@ class Bench:
     """A nats-server and a control-plane process in a temporary directory, torn down on exit."""
 
     monitor: bool = False
+    cp_env: dict[str, str] = field(default_factory=dict)
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="shoal-bench-")))
     nats: EmbeddedNats | None = None
     cp: ControlPlaneProcess | None = None
@@ -273,7 +276,7 @@ class Bench:
         self.nats = EmbeddedNats(store_dir=self.tmp / "nats", host=LOCALHOST, port=0)
         self.url = await self.nats.start()
         say(f"nats-server at {self.url}")
-        self.cp = ControlPlaneProcess(self.url, self.tmp)
+        self.cp = ControlPlaneProcess(self.url, self.tmp, env=self.cp_env)
         await self.cp.start()
 
         async def answers() -> bool:

@@ -80,3 +80,26 @@ def test_rollout_scenario_output_contract(tmp_path: Path) -> None:
     files = list(tmp_path.glob(f"rollout_{CLUSTERS}_*.json"))
     assert len(files) == 1
     assert json.loads(files[0].read_text())["ready"] == CLUSTERS
+
+
+def test_failover_scenario_survives_the_leader(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks", "failover",
+            "--clusters", str(CLUSTERS), "--classes", str(CLASSES),
+            "--json", "--timeout", "30", "--results-dir", str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["ok"], result["errors"]
+    assert result["killed_was_leader"]
+    assert result["ready"] == CLUSTERS
+    assert result["final_states"] == {"Ready": CLUSTERS}
+    assert result["shards_owned_by_survivor"] == 16
+    assert result["survivor_is_leader"]
