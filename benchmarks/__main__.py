@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from benchmarks import failover, harness, heartbeat, rollout
+from benchmarks import failover, harness, heartbeat, multiproc, rollout
 from shoal_cli import logs
 
 DEFAULT_CLUSTERS = 1000
@@ -35,6 +35,13 @@ Scenario = Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]]
 
 
 async def _rollout(args: argparse.Namespace) -> dict[str, Any]:
+    if args.processes > 1:
+        return await multiproc.run(
+            clusters=args.clusters,
+            classes=args.classes,
+            processes=args.processes,
+            timeout=args.timeout,
+        )
     return await rollout.run(clusters=args.clusters, classes=args.classes, timeout=args.timeout)
 
 
@@ -118,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="heartbeat: seconds between one cluster's heartbeats "
         f"(default {DEFAULT_HEARTBEAT_INTERVAL})",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="P",
+        help="rollout: spread the simulated fleet over P worker processes (default 1: the "
+        "fleet runs in this process and every figure is measured)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print the result as one JSON object, the last line"

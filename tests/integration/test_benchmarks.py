@@ -103,3 +103,25 @@ def test_failover_scenario_survives_the_leader(tmp_path: Path) -> None:
     assert result["final_states"] == {"Ready": CLUSTERS}
     assert result["shards_owned_by_survivor"] == 16
     assert result["survivor_is_leader"]
+
+
+def test_rollout_over_worker_processes(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks", "rollout",
+            "--clusters", str(CLUSTERS), "--classes", str(CLASSES), "--processes", "2",
+            "--json", "--timeout", "30", "--results-dir", str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["ok"], result["errors"]
+    assert result["processes"] == 2
+    assert result["ready"] == CLUSTERS
+    assert result["registration_failed"] == 0
+    assert result["cp_publishes"] == CLASSES

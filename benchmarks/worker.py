@@ -1,0 +1,60 @@
+"""A slice of a simulated fleet in its own process: ``python -m benchmarks.worker``.
+
+One Python process runs about 600 simulated clusters' rollouts per second
+(see README): beyond some tens of thousands, the fleet must be spread over
+processes. A worker runs clusters ``offset .. offset+count-1`` (names and
+labels as the single-process fleet gives them), prints ``registered <failed>``
+on stdout once they are all started, and stops when its stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from benchmarks import harness as h
+from benchmarks.rollout import FLEET_SETTINGS
+from edgeagent.simfleet import SimulatedFleet, sim_name
+from shoal_cli import logs
+
+CONNECTIONS_PER_WORKER = 4
+
+
+async def run(args: argparse.Namespace) -> None:
+    labels = h.class_labels(args.classes)
+    fleet = SimulatedFleet(
+        count=args.count,
+        token=args.token,
+        settings=FLEET_SETTINGS,
+        url=args.url,
+        connections=CONNECTIONS_PER_WORKER,
+        labels_for=lambda i: labels(args.offset + i),
+        name_for=lambda i: sim_name(args.offset + i),
+    )
+    await fleet.start()
+    try:
+        print(f"registered {len(fleet.failed)}", flush=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.read)  # until the harness closes stdin
+    finally:
+        await fleet.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.worker")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--offset", type=int, required=True)
+    parser.add_argument("--classes", type=int, required=True)
+    args = parser.parse_args()
+    logs.configure("warning")
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
+    asyncio.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
