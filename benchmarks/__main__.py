@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from benchmarks import failover, harness, heartbeat, multiproc, rollout
+from benchmarks import failover, harness, heartbeat, multiproc, reconnect, rollout
 from shoal_cli import logs
 
 DEFAULT_CLUSTERS = 1000
@@ -49,6 +49,10 @@ async def _failover(args: argparse.Namespace) -> dict[str, Any]:
     return await failover.run(clusters=args.clusters, classes=args.classes, timeout=args.timeout)
 
 
+async def _reconnect(args: argparse.Namespace) -> dict[str, Any]:
+    return await reconnect.run(clusters=args.clusters, classes=args.classes, timeout=args.timeout)
+
+
 async def _heartbeat(args: argparse.Namespace) -> dict[str, Any]:
     return await heartbeat.run(
         clusters=args.clusters,
@@ -70,6 +74,12 @@ SCENARIOS: dict[str, tuple[Scenario, str]] = {
         _failover,
         "two control-plane replicas, the leader SIGKILLed right after a bundle change: "
         "seconds until the survivor shows all Ready, and that it owns every shard",
+    ),
+    "reconnect": (
+        _reconnect,
+        "a tenth of the clusters cut off the bus (a TCP proxy) during a rollout: seconds until "
+        "the rest are Ready, whether the control plane marks the cut ones Offline, and seconds "
+        "from the link's return until they are Ready with the new deployment",
     ),
     "heartbeat": (
         _heartbeat,

@@ -8,13 +8,19 @@ publishes its own status and heartbeats on its own subjects: clusters'
 messages are never merged, so the control plane sees exactly what a real
 fleet would send. What is shared is the NATS connections (agents are spread
 over a few) and the blob cache, so a rollout downloads each blob once.
+
+A :class:`ConnectionGroup` puts some agents on connections of their own, to
+another URL: a site behind its own uplink. The ``reconnect`` benchmark points
+one at a TCP proxy it can cut and restore, so those agents lose the bus and
+come back through nats-py's own reconnect path, as a real site would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
 
 import nats
 import structlog
@@ -39,6 +45,21 @@ def sim_name(index: int) -> str:
     return f"sim-{index:05d}"
 
 
+async def _connection_error(exc: Exception) -> None:
+    """nats-py's default prints a traceback per failed reconnect attempt; one line will do."""
+    log.debug("simfleet.connection_error", error=str(exc) or type(exc).__name__)
+
+
+@dataclass(frozen=True)
+class ConnectionGroup:
+    """Agents ``members`` (fleet indices) on ``connections`` connections of their own to ``url``."""
+
+    name: str
+    url: str
+    members: Collection[int]
+    connections: int = 1
+
+
 class SimulatedFleet:
     """Runs ``count`` simulated agents; ``async with`` starts and stops them all."""
 
@@ -54,9 +75,12 @@ class SimulatedFleet:
         labels_for: LabelsFor | None = None,
         register_concurrency: int = DEFAULT_REGISTER_CONCURRENCY,
         name_for: Callable[[int], str] = sim_name,
+        groups: Collection[ConnectionGroup] = (),
     ) -> None:
         if (url is None) == (clients is None):
             raise ValueError("give exactly one of url= or clients=")
+        if groups and clients is not None:
+            raise ValueError("connection groups need url=: the fleet opens their connections")
         self.count = count
         self.settings = settings
         self._token = token
@@ -73,6 +97,10 @@ class SimulatedFleet:
         self.backends: list[SimulatedCluster] = []
         self.failed: dict[str, str] = {}
         self._buses: dict[int, list[NatsBus]] = {}
+        self.groups = {g.name: g for g in groups}
+        self._group_of = {i: g.name for g in groups for i in g.members}
+        self._group_clients: dict[str, list[int]] = {}  # group -> indices into _clients
+        self.group_agents: dict[str, list[Agent]] = {g.name: [] for g in groups}
 
     async def __aenter__(self) -> SimulatedFleet:
         await self.start()
@@ -85,20 +113,15 @@ class SimulatedFleet:
         """Connect, then register and start every agent, a bounded number at a time."""
         if self._owns_clients:
             assert self._url is not None
-            for index in range(self._connections):
-                try:
-                    client = await nats.connect(
-                        servers=self._url.split(","),
-                        name="shoal-simfleet",
-                        max_reconnect_attempts=-1,
-                        reconnect_time_wait=self.settings.reconnect_wait,
-                        allow_reconnect=True,
-                        reconnected_cb=self._reconnected_cb(index),
-                    )
-                except (nats.errors.Error, OSError, TimeoutError) as exc:
-                    await self._close_clients()
-                    raise BusUnavailable(f"cannot connect to {self._url}: {exc!r}") from exc
-                self._clients.append(client)
+            for _ in range(self._connections):
+                await self._connect(self._url)
+            default = len(self._clients)
+            for group in self.groups.values():
+                self._group_clients[group.name] = [
+                    await self._connect(group.url) for _ in range(max(1, group.connections))
+                ]
+        else:
+            default = len(self._clients)
         gate = asyncio.Semaphore(self._concurrency)
         # One blob downloader per connection: a rollout fetches each blob once.
         loaders = [
@@ -110,21 +133,29 @@ class SimulatedFleet:
             for c in self._clients
         ]
 
+        def connection_of(index: int) -> int:
+            group = self._group_of.get(index)
+            if group is None:
+                return index % default
+            mine = self._group_clients[group]
+            return mine[index % len(mine)]
+
         async def launch(index: int) -> Agent | None:
             name = self._name_for(index)
-            client = self._clients[index % len(self._clients)]
+            connection = connection_of(index)
+            client = self._clients[connection]
             seed = None if self.settings.sim_seed is None else self.settings.sim_seed + index
             backend = SimulatedCluster.from_settings(self.settings, seed=seed)
             bus = NatsBus(self.settings, client=client, name=name)
             if self._owns_clients:
                 bus.notify_reconnected()  # promise: our reconnected_cb will wake it
-                self._buses.setdefault(index % len(self._clients), []).append(bus)
+                self._buses.setdefault(connection, []).append(bus)
             agent = Agent(
                 bus=bus,
                 backend=backend,
                 store=MemoryStore(),
                 blob_cache=self.blob_cache,
-                blobs=loaders[index % len(loaders)],
+                blobs=loaders[connection],
                 parsed=self.parsed,
                 settings=self.settings,
                 name=name,
@@ -139,11 +170,43 @@ class SimulatedFleet:
                     log.warning("simfleet.agent_failed", name=name, error=str(exc))
                     return None
             self.backends.append(backend)
+            group = self._group_of.get(index)
+            if group is not None:
+                self.group_agents[group].append(agent)
             return agent
 
         started = await asyncio.gather(*(launch(i) for i in range(self.count)))
         self.agents = [a for a in started if a is not None]
         log.info("simfleet.started", agents=len(self.agents), failed=len(self.failed))
+
+    async def _connect(self, url: str) -> int:
+        """Open one more shared connection to ``url``; its index in ``_clients``."""
+        index = len(self._clients)
+        try:
+            client = await nats.connect(
+                servers=url.split(","),
+                name="shoal-simfleet",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=self.settings.reconnect_wait,
+                allow_reconnect=True,
+                reconnected_cb=self._reconnected_cb(index),
+                error_cb=_connection_error,
+            )
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            await self._close_clients()
+            raise BusUnavailable(f"cannot connect to {url}: {exc!r}") from exc
+        self._clients.append(client)
+        return index
+
+    def group_connected(self, name: str) -> int:
+        """How many of group ``name``'s connections are up right now."""
+        return sum(1 for i in self._group_clients.get(name, ()) if self._clients[i].is_connected)
+
+    def group_reconnects(self, name: str) -> int:
+        """Reconnects nats-py counted on group ``name``'s connections, summed."""
+        return sum(
+            int(self._clients[i].stats["reconnects"]) for i in self._group_clients.get(name, ())
+        )
 
     def _reconnected_cb(self, index: int) -> Callable[[], Awaitable[None]]:
         """Tell every bus on connection ``index`` that it reconnected (no polling)."""

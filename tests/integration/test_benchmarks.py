@@ -6,7 +6,9 @@ directory. The last line of stdout must be one JSON object with every figure
 the issue names; all clusters Ready; and the rollout of a bundle that changes
 no selector key must cost exactly one control-plane publish per class (the
 first bundle put ``class`` into the schema before the fleet registered, so the
-rollout republishes no schema).
+rollout republishes no schema). The ``failover``, ``rollout --processes`` and
+``reconnect`` scenarios run the same way at the same small N, each checked
+for its own contract.
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ REQUIRED = (
     "cp_cpu_seconds",
     "blob_bytes",
     "machine",
+)
+RECONNECT_CLUSTERS = 40
+RECONNECT_REQUIRED = (
+    "clusters",
+    "offline_clusters",
+    "seconds_to_all_ready",
+    "seconds_to_reconverge",
+    "marked_offline",
+    "ok",
 )
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,3 +136,32 @@ def test_rollout_over_worker_processes(tmp_path: Path) -> None:
     assert result["ready"] == CLUSTERS
     assert result["registration_failed"] == 0
     assert result["cp_publishes"] == CLASSES
+
+
+def test_reconnect_scenario_reconverges_after_the_link_returns(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks", "reconnect",
+            "--clusters", str(RECONNECT_CLUSTERS), "--classes", str(CLASSES),
+            "--json", "--timeout", "30", "--results-dir", str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    missing = [key for key in RECONNECT_REQUIRED if key not in result]
+    assert not missing, missing
+    assert result["ok"], result["errors"]
+    offline = RECONNECT_CLUSTERS // 10
+    assert result["offline_clusters"] == offline
+    assert result["marked_offline"]
+    assert result["offline_still_enforcing"] == offline
+    assert result["reconnects"] >= 1
+    assert result["ready"] == RECONNECT_CLUSTERS
+    assert result["final_states"] == {"Ready": RECONNECT_CLUSTERS}
+    assert result["seconds_to_all_ready"] > 0
+    assert result["seconds_to_reconverge"] > 0
