@@ -60,6 +60,7 @@ async def _heartbeat(args: argparse.Namespace) -> dict[str, Any]:
         timeout=args.timeout,
         window=args.window,
         interval=args.heartbeat_interval,
+        processes=args.processes,
     )
 
 
@@ -141,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="P",
-        help="rollout: spread the simulated fleet over P worker processes (default 1: the "
-        "fleet runs in this process and every figure is measured)",
+        help="rollout, heartbeat: spread the simulated fleet over P worker processes (default "
+        "1: the fleet runs in this process and every figure is measured)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print the result as one JSON object, the last line"

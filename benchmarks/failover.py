@@ -106,16 +106,17 @@ async def run(*, clusters: int, classes: int, timeout: float) -> dict[str, Any]:
                 if ready < clusters:
                     result["errors"].append(f"base: only {ready} of {clusters} Ready")
                     return result
-                leader = (await lease_owners(kv)).get("leader", REPLICAS[0])
+                elected = (await lease_owners(kv)).get("leader")
+                leader = elected if elected in replicas else REPLICAS[0]
                 victim = replicas[leader]
                 assert victim is not None and victim.proc is not None
-                h.say(f"rollout: applying {ROLLOUT_BUNDLE}, then killing {leader} (the leader)")
+                h.say(f"rollout: applying {ROLLOUT_BUNDLE}, killing {leader} (leader: {elected})")
                 started = time.monotonic()
                 await h.apply_bundle(client, ROLLOUT_BUNDLE, "1")
                 victim.proc.send_signal(signal.SIGKILL)
                 await victim.proc.wait()
                 result["killed_replica"] = leader
-                result["killed_was_leader"] = True
+                result["killed_was_leader"] = elected == leader
                 ready, _ = await h.wait_ready(
                     client, ROLLOUT_BUNDLE, clusters, timeout=timeout, label=ROLLOUT_BUNDLE
                 )

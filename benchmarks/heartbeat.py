@@ -15,6 +15,10 @@ seconds (``/proc/<pid>/stat``) are read at both ends of a window:
 * ``cp_cpu_seconds`` and ``cp_cpu_per_1000_heartbeats`` over the window, and
   the harness's own CPU seconds, so the reader sees who used the cores;
 * ``heartbeat_bytes``: mean payload size of heartbeats sampled on the bus.
+
+With ``--processes P`` the fleet runs in P worker processes
+(:mod:`benchmarks.worker`), which report their agents' ``heartbeats_sent``
+when asked; ``harness_cpu_seconds`` is then the workers' CPU.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.msg import Msg
 
 from benchmarks import harness as h
+from benchmarks import multiproc
 from benchmarks.rollout import connections_for
 from edgeagent.settings import AgentSettings
 from edgeagent.simfleet import SimulatedFleet
@@ -39,7 +45,13 @@ PER_THOUSAND = 1000
 
 
 async def run(
-    *, clusters: int, classes: int, timeout: float, window: float, interval: float
+    *,
+    clusters: int,
+    classes: int,
+    timeout: float,
+    window: float,
+    interval: float,
+    processes: int = 1,
 ) -> dict[str, Any]:
     settings = AgentSettings(
         status_interval=0.25,
@@ -54,12 +66,16 @@ async def run(
         "classes": classes,
         "heartbeat_interval": interval,
         "window_seconds": window,
+        "processes": processes,
         "errors": [],
     }
     async with h.Bench() as bench, bench.client() as client:
         assert bench.cp is not None
         token = await bench.token(client)
         await h.apply_bundle(client, BUNDLE, "0", selector=h.class_selector(classes))
+        if processes > 1:
+            await _run_workers(bench, client, token, result, timeout=timeout)
+            return _summary(result)
         connections = connections_for(clusters)
         result["connections"] = connections
         fleet = SimulatedFleet(
@@ -80,15 +96,57 @@ async def run(
             result["ready"] = ready
             await asyncio.sleep(WARMUP_SECONDS)
             result["heartbeat_bytes"] = await _sample_size(client.nc)
-            result.update(await _measure(bench.cp, client, fleet, window=window))
+
+            async def sent() -> int:
+                return sum(a.reporter.heartbeats_sent for a in fleet.agents)
+
+            result.update(await _measure(bench.cp, client, sent, [os.getpid()], window=window))
         finally:
             await fleet.stop()
-    expected = clusters / interval
+    return _summary(result)
+
+
+async def _run_workers(
+    bench: h.Bench, client: Any, token: str, result: dict[str, Any], *, timeout: float
+) -> None:
+    assert bench.cp is not None
+    clusters, processes = result["clusters"], result["processes"]
+    h.say(f"registering {clusters} clusters over {processes} worker processes")
+    started = time.monotonic()
+    workers = await multiproc.start_workers(
+        bench.url,
+        token,
+        clusters=clusters,
+        classes=result["classes"],
+        processes=processes,
+        heartbeat_interval=result["heartbeat_interval"],
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            result["registration_failed"] = await multiproc.registered(workers)
+        result["registration_seconds"] = round(time.monotonic() - started, 3)
+        ready, _ = await h.wait_ready(client, BUNDLE, clusters, timeout=timeout, label=BUNDLE)
+        result["ready"] = ready
+        await asyncio.sleep(WARMUP_SECONDS)
+        result["heartbeat_bytes"] = await _sample_size(client.nc)
+
+        async def sent() -> int:
+            async with asyncio.timeout(timeout):
+                return await multiproc.heartbeats_sent(workers)
+
+        pids = [w.pid for w in workers]
+        result.update(await _measure(bench.cp, client, sent, pids, window=result["window_seconds"]))
+    finally:
+        await multiproc.stop_workers(workers)
+
+
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    expected = result["clusters"] / result["heartbeat_interval"]
     result["expected_per_second"] = round(expected, 1)
     h.say(
         f"heartbeat: {result.get('heartbeats_per_second')} ingested/s "
         f"(offered {result.get('offered_per_second')}/s, nominal {expected:.0f}/s), "
-        f"control plane CPU {result.get('cp_cpu_seconds')} s over {window} s"
+        f"control plane CPU {result.get('cp_cpu_seconds')} s over {result['window_seconds']} s"
     )
     return result
 
@@ -106,21 +164,28 @@ async def _sample_size(nc: Any) -> int:
 
 
 async def _measure(
-    cp: h.ControlPlaneProcess, client: Any, fleet: SimulatedFleet, *, window: float
+    cp: h.ControlPlaneProcess,
+    client: Any,
+    sent: Callable[[], Awaitable[int]],
+    fleet_pids: list[int],
+    *,
+    window: float,
 ) -> dict[str, Any]:
-    def sent() -> int:
-        return sum(a.reporter.heartbeats_sent for a in fleet.agents)
+    """Counters at both ends of the window; ``fleet_pids`` are the processes running agents."""
+
+    def fleet_cpu() -> float:
+        return sum(h.proc_cpu_seconds(pid) for pid in fleet_pids)
 
     before = await h.stats(client)
-    cpu_before, own_before, sent_before = cp.cpu_seconds(), h.proc_cpu_seconds(os.getpid()), sent()
+    cpu_before, own_before, sent_before = cp.cpu_seconds(), fleet_cpu(), await sent()
     started = time.monotonic()
     h.say(f"measuring heartbeat ingest over {window} s")
     await asyncio.sleep(window)
     after = await h.stats(client)
-    cpu, own = cp.cpu_seconds() - cpu_before, h.proc_cpu_seconds(os.getpid()) - own_before
+    cpu, own = cp.cpu_seconds() - cpu_before, fleet_cpu() - own_before
+    offered = await sent() - sent_before
     elapsed = time.monotonic() - started
     ingested = after.get("heartbeat_ingested", 0) - before.get("heartbeat_ingested", 0)
-    offered = sent() - sent_before
     return {
         "heartbeats_ingested": ingested,
         "heartbeats_sent": offered,

@@ -27,15 +27,56 @@ WORKER_STOP_TIMEOUT = 60.0
 
 
 async def _start_worker(
-    url: str, token: str, *, count: int, offset: int, classes: int
+    url: str,
+    token: str,
+    *,
+    count: int,
+    offset: int,
+    classes: int,
+    heartbeat_interval: float | None = None,
 ) -> asyncio.subprocess.Process:
+    extra = [] if heartbeat_interval is None else ["--heartbeat-interval", str(heartbeat_interval)]
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "benchmarks.worker",
         "--url", url, "--token", token,
         "--count", str(count), "--offset", str(offset), "--classes", str(classes),
+        *extra,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
+
+
+async def start_workers(
+    url: str,
+    token: str,
+    *,
+    clusters: int,
+    classes: int,
+    processes: int,
+    heartbeat_interval: float | None = None,
+) -> list[asyncio.subprocess.Process]:
+    """Start ``processes`` workers splitting clusters ``0..clusters-1`` between them."""
+    share, extra = divmod(clusters, processes)
+    workers: list[asyncio.subprocess.Process] = []
+    offset = 0
+    try:
+        for index in range(processes):
+            count = share + (1 if index < extra else 0)
+            workers.append(
+                await _start_worker(
+                    url,
+                    token,
+                    count=count,
+                    offset=offset,
+                    classes=classes,
+                    heartbeat_interval=heartbeat_interval,
+                )
+            )
+            offset += count
+    except BaseException:
+        await stop_workers(workers)
+        raise
+    return workers
 
 
 async def _registered(worker: asyncio.subprocess.Process) -> int:
@@ -44,6 +85,26 @@ async def _registered(worker: asyncio.subprocess.Process) -> int:
     if len(line) != 2 or line[0] != "registered":
         raise RuntimeError(f"worker {worker.pid} exited before registering its clusters")
     return int(line[1])
+
+
+async def registered(workers: list[asyncio.subprocess.Process]) -> int:
+    """Wait until every worker has started its slice: clusters that failed to register."""
+    return sum(await asyncio.gather(*(_registered(w) for w in workers)))
+
+
+async def heartbeats_sent(workers: list[asyncio.subprocess.Process]) -> int:
+    """Heartbeats the workers' agents have sent so far, summed."""
+
+    async def ask(worker: asyncio.subprocess.Process) -> int:
+        assert worker.stdin is not None and worker.stdout is not None
+        worker.stdin.write(b"sent\n")
+        await worker.stdin.drain()
+        line = (await worker.stdout.readline()).decode().split()
+        if len(line) != 2 or line[0] != "sent":
+            raise RuntimeError(f"worker {worker.pid} did not answer")
+        return int(line[1])
+
+    return sum(await asyncio.gather(*(ask(w) for w in workers)))
 
 
 async def run(*, clusters: int, classes: int, processes: int, timeout: float) -> dict[str, Any]:
@@ -63,21 +124,14 @@ async def run(*, clusters: int, classes: int, processes: int, timeout: float) ->
         await h.apply_bundle(client, BASE_BUNDLE, "0", selector=h.class_selector(classes))
         await asyncio.sleep(h.CP_POLL)
         rss_before = bench.cp.rss_bytes()
-        share, extra = divmod(clusters, processes)
         h.say(f"registering {clusters} clusters over {processes} worker processes")
         started = time.monotonic()
         try:
-            offset = 0
-            for index in range(processes):
-                count = share + (1 if index < extra else 0)
-                workers.append(
-                    await _start_worker(
-                        bench.url, token, count=count, offset=offset, classes=classes
-                    )
-                )
-                offset += count
+            workers = await start_workers(
+                bench.url, token, clusters=clusters, classes=classes, processes=processes
+            )
             async with asyncio.timeout(timeout):
-                failed = sum(await asyncio.gather(*(_registered(w) for w in workers)))
+                failed = await registered(workers)
             result["registration_seconds"] = round(time.monotonic() - started, 3)
             result["registration_failed"] = failed
             ready, seconds = await h.wait_ready(
@@ -105,11 +159,11 @@ async def run(*, clusters: int, classes: int, processes: int, timeout: float) ->
             if ready < clusters:
                 result["errors"].append(f"only {ready} of {clusters} Ready within {timeout} s")
         finally:
-            await _stop_workers(workers)
+            await stop_workers(workers)
     return result
 
 
-async def _stop_workers(workers: list[asyncio.subprocess.Process]) -> None:
+async def stop_workers(workers: list[asyncio.subprocess.Process]) -> None:
     for worker in workers:
         if worker.stdin is not None:
             worker.stdin.close()

@@ -4,7 +4,9 @@ One Python process runs about 600 simulated clusters' rollouts per second
 (see README): beyond some tens of thousands, the fleet must be spread over
 processes. A worker runs clusters ``offset .. offset+count-1`` (names and
 labels as the single-process fleet gives them), prints ``registered <failed>``
-on stdout once they are all started, and stops when its stdin closes.
+on stdout once they are all started, then answers each ``sent`` line on its
+stdin with ``sent <heartbeats sent so far>`` (the ``heartbeat`` scenario's
+offered rate), and stops when its stdin closes.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ CONNECTIONS_PER_WORKER = 4
 
 async def run(args: argparse.Namespace) -> None:
     labels = h.class_labels(args.classes)
+    settings = FLEET_SETTINGS
+    if args.heartbeat_interval is not None:
+        settings = settings.model_copy(update={"heartbeat_interval": args.heartbeat_interval})
     fleet = SimulatedFleet(
         count=args.count,
         token=args.token,
-        settings=FLEET_SETTINGS,
+        settings=settings,
         url=args.url,
         connections=CONNECTIONS_PER_WORKER,
         labels_for=lambda i: labels(args.offset + i),
@@ -37,7 +42,11 @@ async def run(args: argparse.Namespace) -> None:
     try:
         print(f"registered {len(fleet.failed)}", flush=True)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, sys.stdin.read)  # until the harness closes stdin
+        # Until the harness closes stdin (readline returns "").
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            if line.strip() == "sent":
+                sent = sum(a.reporter.heartbeats_sent for a in fleet.agents)
+                print(f"sent {sent}", flush=True)
     finally:
         await fleet.stop()
 
@@ -49,6 +58,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--offset", type=int, required=True)
     parser.add_argument("--classes", type=int, required=True)
+    parser.add_argument("--heartbeat-interval", type=float, default=None)
     args = parser.parse_args()
     logs.configure("warning")
     logging.getLogger("asyncio").setLevel(logging.ERROR)

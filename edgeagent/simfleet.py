@@ -39,6 +39,9 @@ log = structlog.get_logger(__name__)
 
 LabelsFor = Callable[[int], Mapping[str, str]]
 DEFAULT_REGISTER_CONCURRENCY = 50
+# A registration that timed out is tried again, after 1 s, then 2 s.
+REGISTER_ATTEMPTS = 3
+REGISTER_RETRY_WAIT = 1.0
 
 
 def sim_name(index: int) -> str:
@@ -122,7 +125,6 @@ class SimulatedFleet:
                 ]
         else:
             default = len(self._clients)
-        gate = asyncio.Semaphore(self._concurrency)
         # One blob downloader per connection: a rollout fetches each blob once.
         loaders = [
             Blobs(
@@ -140,16 +142,13 @@ class SimulatedFleet:
             mine = self._group_clients[group]
             return mine[index % len(mine)]
 
-        async def launch(index: int) -> Agent | None:
+        def build(index: int, connection: int) -> tuple[Agent, NatsBus, SimulatedCluster]:
             name = self._name_for(index)
-            connection = connection_of(index)
-            client = self._clients[connection]
             seed = None if self.settings.sim_seed is None else self.settings.sim_seed + index
             backend = SimulatedCluster.from_settings(self.settings, seed=seed)
-            bus = NatsBus(self.settings, client=client, name=name)
+            bus = NatsBus(self.settings, client=self._clients[connection], name=name)
             if self._owns_clients:
                 bus.notify_reconnected()  # promise: our reconnected_cb will wake it
-                self._buses.setdefault(connection, []).append(bus)
             agent = Agent(
                 bus=bus,
                 backend=backend,
@@ -162,20 +161,45 @@ class SimulatedFleet:
                 labels=self._labels_for(index),
                 token=self._token,
             )
-            async with gate:
+            return agent, bus, backend
+
+        async def launch(index: int) -> Agent | None:
+            connection = connection_of(index)
+            for attempt in range(1, REGISTER_ATTEMPTS + 1):
+                agent, bus, backend = build(index, connection)
                 try:
                     await agent.start()
-                except AgentError as exc:
-                    self.failed[name] = str(exc)
-                    log.warning("simfleet.agent_failed", name=name, error=str(exc))
+                except BusUnavailable as exc:  # a timeout: the server or this loop is busy
+                    if attempt < REGISTER_ATTEMPTS:
+                        log.info("simfleet.agent_retry", name=agent.name, error=str(exc))
+                        await asyncio.sleep(REGISTER_RETRY_WAIT * attempt)
+                        continue
+                    self.failed[agent.name] = str(exc)
+                    log.warning("simfleet.agent_failed", name=agent.name, error=str(exc))
                     return None
+                except AgentError as exc:
+                    self.failed[agent.name] = str(exc)
+                    log.warning("simfleet.agent_failed", name=agent.name, error=str(exc))
+                    return None
+                break
+            if self._owns_clients:
+                self._buses.setdefault(connection, []).append(bus)
             self.backends.append(backend)
             group = self._group_of.get(index)
             if group is not None:
                 self.group_agents[group].append(agent)
             return agent
 
-        started = await asyncio.gather(*(launch(i) for i in range(self.count)))
+        # A fixed pool of launchers, not one task per agent: at tens of thousands of
+        # agents, building them all up front starves the first registrations' replies.
+        started: list[Agent | None] = [None] * self.count
+        pending = iter(range(self.count))
+
+        async def launcher() -> None:
+            for index in pending:
+                started[index] = await launch(index)
+
+        await asyncio.gather(*(launcher() for _ in range(min(self._concurrency, self.count))))
         self.agents = [a for a in started if a is not None]
         log.info("simfleet.started", agents=len(self.agents), failed=len(self.failed))
 
