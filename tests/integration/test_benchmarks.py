@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 CLUSTERS = 30
 CLASSES = 3
@@ -49,31 +50,29 @@ RECONNECT_REQUIRED = (
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_rollout_scenario_output_contract(tmp_path: Path) -> None:
+def run_bench(
+    scenario: str, tmp_path: Path, *, clusters: int = CLUSTERS, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Run ``python -m benchmarks SCENARIO ... --json`` as a user does; its last line, parsed."""
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "rollout",
-            "--clusters",
-            str(CLUSTERS),
-            "--classes",
-            str(CLASSES),
-            "--json",
-            "--timeout",
-            "30",
-            "--results-dir",
-            str(tmp_path),
+            sys.executable, "-m", "benchmarks", scenario,
+            "--clusters", str(clusters), "--classes", str(CLASSES), *extra,
+            "--json", "--timeout", "30", "--results-dir", str(tmp_path),
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
         check=False,
-    )
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_rollout_scenario_output_contract(tmp_path: Path) -> None:
+    result = run_bench("rollout", tmp_path)
     missing = [key for key in REQUIRED if key not in result]
     assert not missing, missing
     assert result["clusters"] == CLUSTERS
@@ -94,20 +93,7 @@ def test_rollout_scenario_output_contract(tmp_path: Path) -> None:
 
 
 def test_failover_scenario_survives_the_leader(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "benchmarks", "failover",
-            "--clusters", str(CLUSTERS), "--classes", str(CLASSES),
-            "--json", "--timeout", "30", "--results-dir", str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_bench("failover", tmp_path)
     assert result["ok"], result["errors"]
     assert result["killed_was_leader"]
     assert result["ready"] == CLUSTERS
@@ -117,20 +103,7 @@ def test_failover_scenario_survives_the_leader(tmp_path: Path) -> None:
 
 
 def test_rollout_over_worker_processes(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "benchmarks", "rollout",
-            "--clusters", str(CLUSTERS), "--classes", str(CLASSES), "--processes", "2",
-            "--json", "--timeout", "30", "--results-dir", str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_bench("rollout", tmp_path, extra=("--processes", "2"))
     assert result["ok"], result["errors"]
     assert result["processes"] == 2
     assert result["ready"] == CLUSTERS
@@ -139,20 +112,7 @@ def test_rollout_over_worker_processes(tmp_path: Path) -> None:
 
 
 def test_reconnect_scenario_reconverges_after_the_link_returns(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "benchmarks", "reconnect",
-            "--clusters", str(RECONNECT_CLUSTERS), "--classes", str(CLASSES),
-            "--json", "--timeout", "30", "--results-dir", str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_bench("reconnect", tmp_path, clusters=RECONNECT_CLUSTERS)
     missing = [key for key in RECONNECT_REQUIRED if key not in result]
     assert not missing, missing
     assert result["ok"], result["errors"]
