@@ -373,16 +373,13 @@ class Fleet:
         """Start tracking liveness of the shard's clusters, with the start-up grace."""
         self.owned.add(shard)
         deadline = time.time() + self._settings.startup_grace
-        for record in self.registry:
-            if record.shard == shard:
-                self.liveness.seen(record, deadline)
+        for record in self.registry.in_shard(shard):
+            self.liveness.seen(record, deadline)
 
     def release_shard(self, shard: int) -> None:
         """Forget what we knew of the shard's clusters: its new owner counts them now."""
         self.owned.discard(shard)
-        for record in self.registry:
-            if record.shard != shard:
-                continue
+        for record in self.registry.in_shard(shard):
             self.status.forget(record)
             self.registry.set_offline(record, False)
             self.liveness.forget(record)
@@ -396,13 +393,12 @@ class Fleet:
         class_offline = {c.id: c.offline for c in self.registry.classes.values() if c.offline}
         clusters: dict[str, admin.ClusterLive] = {}
         if with_clusters:
-            mine = set(owned)
             clusters = {
                 r.id: admin.ClusterLive(
                     reported=r.reported_map(), offline=r.offline, last_seen=r.last_seen
                 )
-                for r in self.registry
-                if r.shard in mine
+                for shard in owned
+                for r in self.registry.in_shard(shard)
             }
         return admin.ShardSummary(
             replica=replica,

@@ -146,6 +146,8 @@ class Registry:
         self._kv = kv
         self.clusters: dict[str, ClusterRecord] = {}
         self.by_name: dict[str, str] = {}
+        # A cluster's shard follows from its ID and never changes.
+        self.by_shard: dict[int, list[ClusterRecord]] = {}
         self.classes: dict[str, LabelClass] = {}
         self.schema = ClassSchema()
         # Told when a cluster moves from one class to another (old class ID given).
@@ -162,6 +164,7 @@ class Registry:
         if record is None:
             record = ClusterRecord.from_stored(stored)
             self.clusters[record.id] = record
+            self.by_shard.setdefault(record.shard, []).append(record)
         else:
             old_name = record.name
             if old_name != stored.name and self.by_name.get(old_name) == stored.id:
@@ -211,6 +214,9 @@ class Registry:
         label_class = self.classes.get(record.class_id)
         if label_class is not None:
             label_class.offline += 1 if offline else -1
+
+    def in_shard(self, shard: int) -> list[ClusterRecord]:
+        return self.by_shard.get(shard, [])
 
     def get_by_name(self, name: str) -> ClusterRecord | None:
         cluster_id = self.by_name.get(name)
