@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -85,6 +86,34 @@ class BundleResource(_Model):
     content: str
 
 
+class ComparePatchOperation(_Model):
+    """One JSON-patch operation of a compare patch; ``remove`` is the one Fleet users write."""
+
+    op: str
+    path: str
+    value: Any = None
+
+
+class ComparePatch(_Model):
+    """Fields of one object that drift detection ignores (Fleet's ``diff.comparePatches``).
+
+    ``operations`` are JSON-patch operations applied to both the applied and
+    the live object before they are compared; ``jsonPointers`` name fields
+    left out of the comparison.
+    """
+
+    api_version: str = Field(default="", alias="apiVersion")
+    kind: str = ""
+    name: str = ""
+    namespace: str = ""
+    operations: tuple[ComparePatchOperation, ...] = ()
+    json_pointers: tuple[str, ...] = Field(default=(), alias="jsonPointers")
+
+
+class DiffOptions(_Model):
+    compare_patches: tuple[ComparePatch, ...] = Field(default=(), alias="comparePatches")
+
+
 class DeploymentOptions(_Model):
     """How a bundle is deployed on a cluster; part of the deployment ID.
 
@@ -97,6 +126,7 @@ class DeploymentOptions(_Model):
     correct_drift: bool = Field(default=False, alias="correctDrift")
     force: bool = False
     keep_resources: bool = Field(default=False, alias="keepResources")
+    diff: DiffOptions | None = None
 
     def merged(self, override: TargetOverrides) -> DeploymentOptions:
         changes = override.model_dump(exclude_none=True, exclude={"do_not_deploy"})
