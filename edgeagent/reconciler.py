@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -158,8 +159,14 @@ class Reconciler:
         return asyncio.get_running_loop().time()
 
     def _backoff(self, failures: int) -> float:
+        """Doubling pause, capped, at a random point of its upper half.
+
+        The jitter matters at fleet scale: agents that failed together (a
+        blob download that timed out for a whole site) must not retry together.
+        """
         s = self.settings
-        return float(min(s.retry_max, s.retry_initial * 2 ** max(0, failures - 1)))
+        ceiling = min(s.retry_max, s.retry_initial * 2 ** max(0, failures - 1))
+        return float(ceiling * (0.5 + 0.5 * random.random()))
 
     def _changed(self) -> None:
         self.version += 1
@@ -248,7 +255,9 @@ class Reconciler:
                 record.due = self._now() + self._backoff(record.failures)
             else:
                 record.due = NEVER  # until the desired state changes
-            bound.warning("reconcile.apply_failed", error=str(exc), failures=record.failures)
+            # The first failure of a streak is news; the retries are not.
+            emit = bound.warning if record.failures == 1 else bound.debug
+            emit("reconcile.apply_failed", error=str(exc), failures=record.failures)
             return
         bound.info("reconcile.applied", objects=len(deployment.objects))
         record.applied = deployment

@@ -5,9 +5,14 @@ when any of them changed, at most once per ``status_interval`` (changes in
 between are batched), with JetStream acknowledgement so the status stream
 holds the cluster's latest report. The reporter sleeps until the reconciler
 tells it of a change, so a thousand idle agents in one process cost no
-wake-ups. A report that could not be sent stays due
-and is retried next interval; after a reconnect a full report is sent even if
-nothing changed. Heartbeats are core NATS and skipped when a report went out
+wake-ups. A report that could not be sent stays due and is retried with
+exponential backoff and jitter (a late JetStream ack is a failure too): when a
+whole site's agents fail at once, e.g. because the bus is overloaded, retrying
+them all on the next interval would repeat the overload, so each agent waits
+longer after each failure, at a random point of its window. The first failure
+of a streak is logged as a warning, later ones at debug level, and the
+recovery once. After a reconnect a full report is sent even if nothing
+changed. Heartbeats are core NATS and skipped when a report went out
 within the heartbeat interval, since the report proves liveness as well.
 
 Sequence numbers start from the wall clock in milliseconds, so they keep
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -66,6 +72,7 @@ class Reporter:
         self._last_status_at = -math.inf
         self.reports_sent = 0
         self.heartbeats_sent = 0
+        self.failures = 0  # consecutive reports the bus did not take
         self._wake = asyncio.Event()
         self._wake.set()  # the first report goes out as soon as there is an identity
 
@@ -93,8 +100,20 @@ class Reporter:
         try:
             await self._bus.publish_durable(subject, encode(report))
         except BusError as exc:
-            log.warning("status.publish_failed", cluster=self.identity.cluster_id, error=str(exc))
+            self.failures += 1
+            emit = log.warning if self.failures == 1 else log.debug
+            emit(
+                "status.publish_failed",
+                cluster=self.identity.cluster_id,
+                error=str(exc),
+                failures=self.failures,
+            )
             return False
+        if self.failures:
+            log.info(
+                "status.publish_recovered", cluster=self.identity.cluster_id, after=self.failures
+            )
+            self.failures = 0
         self.status_seq = seq
         self._sent_version = version
         self._force = False
@@ -121,12 +140,20 @@ class Reporter:
         self.heartbeats_sent += 1
         return True
 
+    def retry_delay(self) -> float:
+        """Pause before the next report: the interval, or a jittered backoff after failures."""
+        interval = self._settings.status_interval
+        if not self.failures:
+            return interval
+        ceiling = max(interval, min(self._settings.retry_max, interval * 2.0**self.failures))
+        return ceiling * (0.5 + 0.5 * random.random())
+
     async def run_status(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             await self.flush()
-            await asyncio.sleep(self._settings.status_interval)
+            await asyncio.sleep(self.retry_delay())
             if self.dirty:  # changed meanwhile, or the bus refused: go again
                 self._wake.set()
 

@@ -84,7 +84,8 @@ class AgentSettings(EnvSettings):
         default=1.0, description="First pause after a failed apply; doubles per failure."
     )
     retry_max: float = Field(
-        default=60.0, description="Longest pause between retries of a failed apply."
+        default=60.0,
+        description="Longest pause between retries of a failed apply or status report.",
     )
     observe_interval: float = Field(
         default=30.0,
