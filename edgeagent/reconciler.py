@@ -112,6 +112,21 @@ class Reconciler:
             self._prune_pending = True
         self._wake.set()
 
+    def poke(self, bundle: str) -> None:
+        """Observe ``bundle`` now rather than at its next interval.
+
+        A backend that watches the cluster (the Kubernetes backend's drift
+        watches) calls this when an applied object changed. A bundle that is
+        not applied yet, or is backing off after failures, keeps its schedule.
+        """
+        record = self._records.get(bundle)
+        if record is None or record.applied is None or record.failures:
+            return
+        if record.applied.deployment_id != record.desired.deployment_id:
+            return
+        record.due = min(record.due, self._now())
+        self._wake.set()
+
     def statuses(self) -> tuple[BundleStatus, ...]:
         """The status of every desired bundle, by bundle name."""
         return tuple(self._records[name].status for name in sorted(self._records))

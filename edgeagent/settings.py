@@ -97,6 +97,50 @@ class AgentSettings(EnvSettings):
         "Ready is reported soon after it happens.",
     )
 
+    # --- kubernetes backend ------------------------------------------------
+    kube_field_manager: str = Field(
+        default="shoal",
+        description="Field manager name of shoal's server-side applies; fields another "
+        "manager owns conflict with it unless the bundle sets force.",
+    )
+    kube_inventory_namespace: str = Field(
+        default="shoal-system",
+        description="Namespace of the inventory ConfigMaps (one per bundle, listing the "
+        "objects shoal applied for it); created when first needed.",
+    )
+    kube_request_timeout: float = Field(
+        default=30.0,
+        description="Seconds one Kubernetes API request may take (connect and answer).",
+    )
+    kube_watch_timeout: float = Field(
+        default=300.0,
+        description="Seconds the API server keeps a drift watch open before the agent "
+        "re-watches from the last resourceVersion (bounds a silently dead connection).",
+    )
+    kube_watch_retry_initial: float = Field(
+        default=1.0,
+        description="First pause before re-listing after a failed watch; doubles per "
+        "failure up to kube_watch_retry_max.",
+    )
+    kube_watch_retry_max: float = Field(
+        default=30.0, description="Longest pause between attempts to restart a drift watch."
+    )
+    kube_drift_debounce: float = Field(
+        default=1.0,
+        description="Seconds watch events for one bundle are gathered before the reconciler "
+        "is woken to observe it, so a burst of edits costs one observation.",
+    )
+    kube_crd_timeout: float = Field(
+        default=60.0,
+        description="Seconds an apply waits for the bundle's CRDs to become Established "
+        "before its custom resources are validated and applied.",
+    )
+    kube_concurrency: int = Field(
+        default=8,
+        description="Kubernetes API requests one apply or observation runs at once; small "
+        "clusters have small API servers.",
+    )
+
     # --- simulated backend -------------------------------------------------
     sim_readiness_delay: float = Field(
         default=0.2, description="Seconds after apply until simulated objects are ready."

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeagent.agent import Agent
+from edgeagent.backend import ClusterBackend
 from edgeagent.errors import AgentError
 from edgeagent.settings import AgentSettings
 from edgeagent.simulated import SimulatedCluster
@@ -16,6 +18,9 @@ from protocol.errors import ProtocolError
 from protocol.models import validate_cluster_name
 from protocol.selectors import parse_labels
 from shoal_cli.errors import CliError, UsageError
+
+if TYPE_CHECKING:
+    from edgeagent.kube.backend import KubeBackend
 
 BACKENDS = ("simulated", "kubernetes")
 
@@ -65,19 +70,21 @@ def add_parser(commands: Any, client: Callable[[argparse.ArgumentParser], None])
         "--kubeconfig",
         type=Path,
         default=os.environ.get("KUBECONFIG"),
-        help="kubeconfig for the kubernetes backend (default: in-cluster config)",
+        help="kubeconfig for the kubernetes backend (env KUBECONFIG; default: the in-cluster "
+        "service account)",
     )
     client(agent)
     agent.set_defaults(func=run)
 
 
-def _backend(args: argparse.Namespace, settings: AgentSettings) -> SimulatedCluster:
-    if args.backend == "simulated":
-        return SimulatedCluster.from_settings(settings)
-    raise UsageError(
-        "the kubernetes backend is not available in this version of shoal; "
-        "run with --backend simulated"
-    )
+async def _kube_backend(args: argparse.Namespace, settings: AgentSettings) -> KubeBackend:
+    # Imported here: a simulated agent never pays for the Kubernetes client.
+    from edgeagent.kube.backend import KubeBackend  # noqa: PLC0415
+
+    kubeconfig = Path(args.kubeconfig) if args.kubeconfig else None
+    if kubeconfig is not None and not kubeconfig.is_file():
+        raise UsageError(f"--kubeconfig {kubeconfig}: no such file")
+    return await KubeBackend.connect(kubeconfig, settings=settings)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -93,18 +100,28 @@ async def run(args: argparse.Namespace) -> int:
         args.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise CliError(f"cannot create --state-dir {args.state_dir}: {exc.strerror}") from exc
-    agent = Agent.from_state_dir(
-        args.state_dir,
-        backend=_backend(args, settings),
-        settings=settings,
-        name=args.name,
-        labels=labels,
-        url=args.server,
-        token=args.token or None,
-    )
     try:
-        async with agent:
-            await agent.run_forever()
+        async with contextlib.AsyncExitStack() as stack:
+            kube: KubeBackend | None = None
+            backend: ClusterBackend
+            if args.backend == "kubernetes":
+                kube = await stack.enter_async_context(await _kube_backend(args, settings))
+                backend = kube
+            else:
+                backend = SimulatedCluster.from_settings(settings)
+            agent = Agent.from_state_dir(
+                args.state_dir,
+                backend=backend,
+                settings=settings,
+                name=args.name,
+                labels=labels,
+                url=args.server,
+                token=args.token or None,
+            )
+            if kube is not None:  # drift seen by a watch is observed at once
+                kube.on_drift = agent.reconciler.poke
+            async with agent:
+                await agent.run_forever()
     except AgentError as exc:
         raise CliError(str(exc)) from exc
     return 0
