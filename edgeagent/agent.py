@@ -218,6 +218,7 @@ class Agent:
 
     async def _session(self) -> None:
         delay = _SYNC_RETRY_INITIAL
+        failures = 0
         while True:
             await self.bus.wait_connected(None)
             seen = self.bus.reconnects()
@@ -231,10 +232,17 @@ class Agent:
                 self._fail(exc)
                 return
             except BusError as exc:
-                log.warning("agent.sync_failed", name=self.name, error=str(exc))
-                await asyncio.sleep(delay)
+                # Agents of a site fail together (an overloaded bus): the first
+                # failure is news, and the retries must not come in lockstep.
+                failures += 1
+                emit = log.warning if failures == 1 else log.debug
+                emit("agent.sync_failed", name=self.name, error=str(exc), failures=failures)
+                await asyncio.sleep(delay * (0.5 + 0.5 * random.random()))
                 delay = min(delay * 2, self.settings.identity_retry_max)
                 continue
+            if failures:
+                log.info("agent.sync_recovered", name=self.name, after=failures)
+            failures = 0
             delay = _SYNC_RETRY_INITIAL
             self.reporter.force_full()
             await self._wait_for_resync(seen)
