@@ -134,6 +134,9 @@ class ApiServer(kmock.KubernetesScaffold):
     """See the module docstring; ``validators`` refuse objects, ``crd_delay`` slows CRDs."""
 
     crd_delay: float = 0.0
+    rollout: bool = False  # act as the Deployment controller: roll out every new generation
+    # object name -> message of the 500 its applies get, dry runs excepted (a half-way failure)
+    failing: dict[str, str] = attrs.field(factory=dict)
     validators: list[Validator] = attrs.field(factory=list)
     store: dict[Key, dict[str, Any]] = attrs.field(factory=dict, init=False)
     owners: dict[Key, dict[str, set[Path]]] = attrs.field(factory=dict, init=False)
@@ -142,6 +145,7 @@ class ApiServer(kmock.KubernetesScaffold):
     _events: list[tuple[int, str, str, str, dict[str, Any]]] = attrs.field(factory=list, init=False)
     _horizon: int = attrs.field(default=0, init=False)
     _tick: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
+    _drops: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -202,6 +206,11 @@ class ApiServer(kmock.KubernetesScaffold):
         self._delete((res.group or "", res.plural or "", namespace, name))
         await self._notify()
 
+    def drop_watches(self) -> None:
+        """End every open watch, as a restarting API server or a proxy would."""
+        self._drops += 1
+        self._wake_watches()
+
     def compact(self) -> None:
         """Forget the event log: watches from an older resourceVersion get 410 Gone."""
         self._events.clear()
@@ -237,6 +246,26 @@ class ApiServer(kmock.KubernetesScaffold):
         self._events.append((self._last_rv, kind, key[0], key[1], copy.deepcopy(obj)))
         if key[:2] == _CRD:
             self._crd_changed(obj)
+        if self.rollout and key[:2] == ("apps", "deployments"):
+            observed = (obj.get("status") or {}).get("observedGeneration")
+            if observed != obj["metadata"]["generation"]:
+                asyncio.get_running_loop().call_later(0.05, self._roll_out, key)
+
+    def _roll_out(self, key: Key) -> None:
+        obj = copy.deepcopy(self.store.get(key))
+        if obj is None:
+            return
+        replicas = int(obj["spec"].get("replicas", 1))
+        obj["status"] = {
+            "observedGeneration": obj["metadata"]["generation"],
+            "replicas": replicas,
+            "updatedReplicas": replicas,
+            "readyReplicas": replicas,
+            "availableReplicas": replicas,
+            "conditions": [{"type": "Available", "status": "True"}],
+        }
+        self._store_put(key, obj)
+        self._wake_watches()
 
     def _delete(self, key: Key) -> dict[str, Any]:
         obj = self.store.pop(key, None)
@@ -365,7 +394,8 @@ class ApiServer(kmock.KubernetesScaffold):
             return
         timeout = float(request.params.get("timeoutSeconds") or 3600)
         deadline = asyncio.get_running_loop().time() + timeout
-        while True:
+        epoch = self._drops
+        while self._drops == epoch:
             tick = self._tick
             for rv, kind, group, plural, obj in list(self._events):
                 mine = rv > since and (group, plural) == (res.group, res.plural)
@@ -394,6 +424,10 @@ class ApiServer(kmock.KubernetesScaffold):
         key = self._key(request)
         manager = request.params.get("fieldManager", "unknown")
         dry_run = request.params.get("dryRun") == "All"
+        if not dry_run and key[3] in self.failing:
+            raise kmock.KubernetesError(
+                status=500, reason="InternalError", message=self.failing[key[3]]
+            )
         if request.headers.get("Content-Type", "").startswith(_APPLY):
             body = json.loads(request.text)
             force = request.params.get("force") == "true"
@@ -506,3 +540,16 @@ class ApiServer(kmock.KubernetesScaffold):
         self.owners[key] = {m: p for m, p in owners.items() if p}
         self._store_put(key, obj)
         return copy.deepcopy(obj)
+
+
+async def serve(port: int, *, rollout: bool) -> None:
+    """Serve an emulated cluster on 127.0.0.1:``port`` until cancelled."""
+    async with ApiServer(rollout=rollout) as server, kmock.Server(server, port=port):
+        print(f"serving {str(server.url).rstrip('/')}", flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":  # python -m tests.integration.kube.emulator PORT [--rollout]
+    import sys
+
+    asyncio.run(serve(int(sys.argv[1]), rollout="--rollout" in sys.argv))
