@@ -12,6 +12,13 @@ It wires the pieces of this package to the four backend methods:
   otherwise readiness (:mod:`.readiness`) makes it Ready or NotReady;
 * ``deployed_bundles``: the bundles that have an inventory.
 
+A conflict with another field manager refuses the apply unless the bundle
+sets ``force``, with one exception: re-applying the deployment that is
+already applied, which the reconciler does only to correct drift when
+``correctDrift`` is on. Someone who edits a field takes its ownership, so a
+correction that did not force could never undo an edit; Fleet's correctDrift
+undoes edits, and so does shoal's.
+
 Deletion only ever touches an object that carries ``shoal.dev/bundle`` with
 this bundle's name, and only the exact object read (uid precondition), so an
 object someone else made, or re-made, under the same name survives.
@@ -107,8 +114,18 @@ class KubeBackend:
     # --- ClusterBackend ------------------------------------------------------------------
 
     async def apply(self, deployment: Deployment) -> None:
-        bundle, force = deployment.bundle, deployment.options.force
+        bundle = deployment.bundle
         bound = log.bind(bundle=bundle, deployment_id=deployment.deployment_id)
+        held = self._applied.get(bundle)
+        # Applying again what is applied is the reconciler correcting drift. Whoever
+        # edited a field now owns it (server-side apply moves ownership on update),
+        # so only a forced apply can take it back; correctDrift asks for exactly that.
+        correcting = (
+            deployment.options.correct_drift
+            and held is not None
+            and held.deployment_id == deployment.deployment_id
+        )
+        force = deployment.options.force or correcting
         plan = await self._applier.plan(deployment)
         await self._applier.validate([i for i in plan.items if not i.deferred], force=force)
         before = await self._inventory.read(bundle)
@@ -127,7 +144,7 @@ class KubeBackend:
             {item.key: item for item in plan.items},
         )
         self._watch.ensure(self._watched())
-        bound.info("kube.applied", objects=len(plan.items), forced=force)
+        bound.info("kube.applied", objects=len(plan.items), forced=force, correcting=correcting)
 
     async def remove(self, bundle: str, *, keep_resources: bool) -> None:
         keys = await self._inventory.read(bundle)

@@ -485,7 +485,7 @@ class ApiServer(kmock.KubernetesScaffold):
         leaves.update(wanted)
         for other, paths in owners.items():
             if other != manager:
-                paths -= {p for p, _ in conflicts}
+                paths -= {path for _, path in conflicts}
         owners[manager] = set(wanted)
         obj = _build(leaves)
         obj["apiVersion"], obj["kind"] = body["apiVersion"], body["kind"]

@@ -182,14 +182,34 @@ async def test_correct_drift_with_force_takes_back_a_field_another_manager_took(
     await eventually(corrected, timeout=3.0)
 
 
-async def test_correct_drift_without_force_reports_the_conflict(
+async def test_correct_drift_takes_back_an_edited_field_without_force(
     api: ApiServer, fleet: Fleet
 ) -> None:
-    fleet.desire("web", [deployment_obj("web", replicas=2)], correctDrift=True)
+    fleet.desire("web", [configmap("cfg", a="1")], correctDrift=True)
+    await fleet.until("web", State.READY)
+
+    await api.edit("v1/configmaps", "default", "cfg", {"data": {"a": "x"}}, manager="kubectl-edit")
+
+    async def corrected() -> bool:
+        live = api.get("v1/configmaps", "default", "cfg")
+        return bool(live and live["data"]["a"] == "1")
+
+    await eventually(corrected, timeout=3.0)
+    await fleet.until("web", State.READY)
+    managers = [
+        m["manager"]
+        for m in api.get("v1/configmaps", "default", "cfg")["metadata"]["managedFields"]
+    ]  # type: ignore[index]
+    assert managers == ["shoal"]
+
+
+async def test_without_correct_drift_an_edit_stays_modified(api: ApiServer, fleet: Fleet) -> None:
+    fleet.desire("web", [deployment_obj("web", replicas=2)])
     await fleet.until("web", State.NOT_READY)
 
     await api.edit("apps/v1/deployments", "default", "web", {"spec": {"replicas": 0}}, manager="x")
 
-    status = await fleet.until("web", State.ERR_APPLIED, timeout=3.0)
-    assert 'conflict with "x"' in status.non_ready[0].reason
+    status = await fleet.until("web", State.MODIFIED, timeout=3.0)
+    assert status.modified[0].reason == "modified: spec.replicas"
+    await asyncio.sleep(0.3)
     assert api.get("apps/v1/deployments", "default", "web")["spec"]["replicas"] == 0  # type: ignore[index]
