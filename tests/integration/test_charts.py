@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bundles.chartdeps import with_dependencies
 from bundles.charts import ChartCache, Credentials, chart_files, locate_chart
 from bundles.errors import ChartNotFound, HelmError
 from bundles.fetch import Limits
@@ -472,3 +473,42 @@ def test_chart_files_are_named_inside_the_chart_and_refuse_escapes(tmp_path: Pat
         tar.addfile(info, io.BytesIO(b"x"))
     with pytest.raises(HelmError, match="refusing"):
         chart_files(evil)
+
+
+# -- dependencies declared in Chart.yaml -------------------------------------------------------
+
+
+def test_declared_dependencies_are_fetched_into_a_copy_of_the_chart(
+    serve: Callable[[], Server], tmp_path: Path
+) -> None:
+    server = serve()
+    publish(server, "", {v: chart_archive("web", v) for v in ["1.0.0", "1.1.0", "2.0.0"]})
+    umbrella = tmp_path / "repo" / "shop"
+    (umbrella / "templates").mkdir(parents=True)
+    (umbrella / "Chart.yaml").write_text(
+        "apiVersion: v2\nname: shop\nversion: 0.1.0\ndependencies:\n"
+        f"- name: web\n  version: ^1.0.0\n  repository: {server.url}\n"
+        "- name: lib\n  version: 0.1.0\n  repository: file://../lib\n"
+    )
+    lib = tmp_path / "repo" / "lib"
+    (lib / "templates").mkdir(parents=True)
+    (lib / "Chart.yaml").write_text("apiVersion: v2\nname: lib\nversion: 0.1.0\n")
+    (lib / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: lib\n"
+    )
+    cache = ChartCache(tmp_path / "cache")
+
+    with pytest.raises(HelmError, match="web"):
+        render_chart(umbrella, release_name="shop", namespace="n")
+    ready = with_dependencies(umbrella, tmp_path / "work1", cache=cache)
+    objects = render_chart(ready, release_name="shop", namespace="n").object_dicts()
+
+    assert sorted(o["metadata"]["name"] for o in objects) == ["lib", "shop"]
+    assert next(o for o in objects if o["metadata"]["name"] == "shop")["data"]["version"] == (
+        "1.1.0"
+    )
+    assert not (umbrella / "charts").exists()  # the bundle's own chart is left alone
+
+    with_dependencies(umbrella, tmp_path / "work2", cache=cache)
+    assert server.hits("/packages/web-1.1.0.tgz") == 1  # the second time from the cache
+    assert with_dependencies(ready, tmp_path / "work3", cache=cache) == ready
