@@ -186,12 +186,15 @@ def render_chart(
     hooks = tuple(
         item for item in _parse_sources(rendered.hooks, chart, strict=False) if _is_hook(item.obj)
     )
-    crds = tuple(item for file, text in rendered.crds for item in _parse(file, text, chart, False))
+    crds = tuple(
+        item for file, text in rendered.crds for item in _parse(file, text, chart, strict=False)
+    )
     return RenderedChart(objects, crds, hooks, rendered.notes, helm.name)
 
 
 def _is_hook(obj: Mapping[str, Any]) -> bool:
-    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    meta = obj.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
     return isinstance(annotations, dict) and HOOK_ANNOTATION in annotations
 
 
@@ -216,11 +219,13 @@ def split_sources(text: str) -> list[tuple[str, str]]:
 
 def _parse_sources(text: str, chart: Path, *, strict: bool) -> tuple[ParsedObject, ...]:
     return tuple(
-        item for source, body in split_sources(text) for item in _parse(source, body, chart, strict)
+        item
+        for source, body in split_sources(text)
+        for item in _parse(source, body, chart, strict=strict)
     )
 
 
-def _parse(source: str, text: str, chart: Path, strict: bool) -> list[ParsedObject]:
+def _parse(source: str, text: str, chart: Path, *, strict: bool) -> list[ParsedObject]:
     """Objects of one template's output; strictly checked for objects shoal applies by name."""
     name = source or str(chart)
     if strict:

@@ -268,6 +268,18 @@ def test_the_sdk_is_the_default_engine() -> None:
     assert default_engine().name == "sdk"
 
 
+def test_forcing_an_engine_that_is_not_there_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SHOAL_HELM", "binary")
+    monkeypatch.setenv("SHOAL_HELM_BINARY", str(tmp_path / "no-helm-here"))
+    with pytest.raises(HelmError, match="no-helm-here"):
+        default_engine()
+    monkeypatch.setenv("SHOAL_HELM", "tiller")
+    with pytest.raises(HelmError, match="SHOAL_HELM"):
+        default_engine()
+
+
 @pytest.mark.skipif(shutil.which("helm") is None, reason="no helm binary on PATH")
 def test_the_binary_renders_what_the_sdk_renders(web_chart: Path) -> None:
     helm = shutil.which("helm")
