@@ -13,11 +13,10 @@ It wires the pieces of this package to the four backend methods:
 * ``deployed_bundles``: the bundles that have an inventory.
 
 A conflict with another field manager refuses the apply unless the bundle
-sets ``force``, with one exception: re-applying the deployment that is
-already applied, which the reconciler does only to correct drift when
-``correctDrift`` is on. Someone who edits a field takes its ownership, so a
-correction that did not force could never undo an edit; Fleet's correctDrift
-undoes edits, and so does shoal's.
+sets ``force`` or ``correctDrift``. Someone who edits a field takes its
+ownership, so drift correction that did not force could never undo an edit;
+Fleet's correctDrift undoes edits, and so does shoal's: with it, the
+bundle's manifest wins over every other manager.
 
 Deletion only ever touches an object that carries ``shoal.dev/bundle`` with
 this bundle's name, and only the exact object read (uid precondition), so an
@@ -116,16 +115,10 @@ class KubeBackend:
     async def apply(self, deployment: Deployment) -> None:
         bundle = deployment.bundle
         bound = log.bind(bundle=bundle, deployment_id=deployment.deployment_id)
-        held = self._applied.get(bundle)
-        # Applying again what is applied is the reconciler correcting drift. Whoever
-        # edited a field now owns it (server-side apply moves ownership on update),
-        # so only a forced apply can take it back; correctDrift asks for exactly that.
-        correcting = (
-            deployment.options.correct_drift
-            and held is not None
-            and held.deployment_id == deployment.deployment_id
-        )
-        force = deployment.options.force or correcting
+        # correctDrift: shoal's manifest wins over edits. Whoever edits a field takes
+        # its ownership (server-side apply moves it on update), so only a forced
+        # apply can take it back.
+        force = deployment.options.force or deployment.options.correct_drift
         plan = await self._applier.plan(deployment)
         await self._applier.validate([i for i in plan.items if not i.deferred], force=force)
         before = await self._inventory.read(bundle)
@@ -144,7 +137,7 @@ class KubeBackend:
             {item.key: item for item in plan.items},
         )
         self._watch.ensure(self._watched())
-        bound.info("kube.applied", objects=len(plan.items), forced=force, correcting=correcting)
+        bound.info("kube.applied", objects=len(plan.items), forced=force)
 
     async def remove(self, bundle: str, *, keep_resources: bool) -> None:
         keys = await self._inventory.read(bundle)
