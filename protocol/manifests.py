@@ -62,6 +62,14 @@ def _check_object(obj: object, *, file: str, document: int) -> dict[str, Any]:
     return obj
 
 
+def check_object(obj: object, *, file: str, document: int) -> dict[str, Any]:
+    """``obj`` if it is a Kubernetes object (apiVersion, kind, metadata.name), else ManifestError.
+
+    For objects an engine produced (kustomize, Helm) rather than a file shoal parsed.
+    """
+    return _check_object(obj, file=file, document=document)
+
+
 def parse_resource(resource: BundleResource) -> list[ParsedObject]:
     """Every non-empty document of one file; ``List`` kinds are flattened."""
     try:
