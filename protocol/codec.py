@@ -17,7 +17,7 @@ from protocol import admin, messages
 from protocol.errors import DecodeError
 from protocol.ids import canonical_resources
 from protocol.messages import WireMessage
-from protocol.models import BundleResource
+from protocol.models import RESOURCE_ENCODINGS, BundleResource
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -95,10 +95,14 @@ def decode_resources(blob: bytes) -> list[BundleResource]:
     for item in obj:
         if not (
             isinstance(item, list)
-            and len(item) == 2
+            and len(item) in (2, 3)
             and isinstance(item[0], str)
             and isinstance(item[1], str)
+            and (len(item) == 2 or (item[2] in RESOURCE_ENCODINGS and item[2]))
         ):
-            raise DecodeError("resource blob entry is not [name, content]")
-        out.append(BundleResource(name=item[0], content=item[1]))
+            raise DecodeError(
+                "resource blob entry is not [name, content] or [name, content, encoding]"
+            )
+        encoding = item[2] if len(item) == 3 else ""
+        out.append(BundleResource(name=item[0], content=item[1], encoding=encoding))
     return out

@@ -21,9 +21,19 @@ _OPTIONS_DIGEST_HEX = 16
 
 
 def canonical_resources(resources: Iterable[BundleResource]) -> bytes:
-    """The byte form of a bundle's resources: sorted by name, msgpack-encoded."""
-    pairs = sorted((r.name, r.content) for r in resources)
-    return msgpack.packb([list(p) for p in pairs], use_bin_type=True)
+    """The byte form of a bundle's resources: sorted by name, msgpack-encoded.
+
+    Each entry is ``[name, content]``, or ``[name, content, encoding]`` for a
+    binary file, so bundles of text files keep the IDs they always had.
+    """
+    entries = sorted((r.name, r.content, r.encoding) for r in resources)
+    return msgpack.packb(
+        [
+            [name, content, encoding] if encoding else [name, content]
+            for name, content, encoding in entries
+        ],
+        use_bin_type=True,
+    )
 
 
 def manifest_id(resources: Iterable[BundleResource]) -> str:
