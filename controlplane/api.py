@@ -21,6 +21,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from controlplane.errors import RequestRejected
 from controlplane.fleet import Fleet
+from controlplane.gitrepos import GitRepos
 from protocol import admin, codec, subjects
 from protocol.errors import DecodeError
 from protocol.messages import (
@@ -54,6 +55,7 @@ class Api:
         replica: str,
         shards: int,
         owned: Callable[[], Iterable[int]],
+        gitrepos: GitRepos | None = None,
     ) -> None:
         self._nc = nc
         self._fleet = fleet
@@ -75,6 +77,18 @@ class Api:
             admin.GroupList.OP: self.group_list,
             admin.Stats.OP: self.stats,
         }
+        self._gitrepos = gitrepos
+        if gitrepos is not None:
+            self.handlers.update(
+                {
+                    admin.GitRepoSet.OP: self.gitrepo_set,
+                    admin.GitRepoDelete.OP: self.gitrepo_delete,
+                    admin.GitRepoList.OP: self.gitrepo_list,
+                    admin.GitSecretSet.OP: self.git_secret_set,
+                    admin.GitSecretDelete.OP: self.git_secret_delete,
+                    admin.GitSecretList.OP: self.git_secret_list,
+                }
+            )
 
     async def start(self) -> None:
         await self._nc.subscribe(subjects.REGISTER, queue="shoal-api", cb=self._dispatch)
@@ -254,3 +268,37 @@ class Api:
         counters["shards_owned"] = len(list(self._owned()))
         counters["leader"] = int(self._fleet.leader)
         return admin.StatsReply(counters=counters)
+
+    # -- gitrepos ------------------------------------------------------------
+
+    @property
+    def gitrepos(self) -> GitRepos:
+        if self._gitrepos is None:
+            raise RequestRejected("this control plane serves no gitrepos")
+        return self._gitrepos
+
+    async def gitrepo_set(self, data: bytes, subject: str) -> WireMessage:
+        return await self.gitrepos.set(codec.decode(data, admin.GitRepoSet).spec)
+
+    async def gitrepo_delete(self, data: bytes, subject: str) -> WireMessage:
+        return await self.gitrepos.delete(codec.decode(data, admin.GitRepoDelete).name)
+
+    async def gitrepo_list(self, data: bytes, subject: str) -> WireMessage:
+        request = codec.decode(data, admin.GitRepoList)
+        self.gitrepos.infos(request.name, {})  # an unknown name fails before gathering
+        parts = await self.gather(with_clusters=False)
+        summaries = {b.name: b for b in self._fleet.bundle_summaries(parts)}
+        return self.gitrepos.infos(request.name, summaries)
+
+    async def git_secret_set(self, data: bytes, subject: str) -> WireMessage:
+        request = codec.decode(data, admin.GitSecretSet)
+        await self.gitrepos.set_secret(request.name, request.credentials)
+        return admin.Ok()
+
+    async def git_secret_delete(self, data: bytes, subject: str) -> WireMessage:
+        await self.gitrepos.delete_secret(codec.decode(data, admin.GitSecretDelete).name)
+        return admin.Ok()
+
+    async def git_secret_list(self, data: bytes, subject: str) -> WireMessage:
+        codec.decode(data, admin.GitSecretList)
+        return await self.gitrepos.list_secrets()

@@ -25,11 +25,15 @@ from controlplane.api import Api
 from controlplane.embedded import EmbeddedNats
 from controlplane.errors import BusError
 from controlplane.fleet import Fleet
+from controlplane.gitdeploy import Deployer
+from controlplane.gitrepos import GitRepos
+from controlplane.gitsync import GitCli
 from controlplane.ingest import Ingest
 from controlplane.publisher import DesiredPublisher
 from controlplane.settings import ServerSettings
 from controlplane.shards import ShardLeases, leases_bucket
 from controlplane.tasks import TaskSet
+from controlplane.webhook import WebhookServer
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +55,8 @@ class ControlPlane:
         self._tasks = TaskSet("controlplane")
         self._stopping = False
         self.leases: ShardLeases | None = None
+        self.gitrepos: GitRepos | None = None
+        self.webhook: WebhookServer | None = None
 
     @property
     def fleet(self) -> Fleet:
@@ -117,6 +123,16 @@ class ControlPlane:
         followers = await self._fleet.load()
         for follower in followers:
             self._tasks.spawn("kv-follow", follower.follow())
+        self.gitrepos = GitRepos(
+            self._nc,
+            await streams.ensure_git(self._js, replicas=settings.replicas),
+            fleet=self._fleet,
+            deployer=Deployer(self._fleet, stores.blobs),
+            git=GitCli(settings.git_cache_path, timeout=settings.git_timeout),
+            settings=settings,
+        )
+        for follower in await self.gitrepos.load():
+            self._tasks.spawn("kv-follow", follower.follow())
         ingest = Ingest(self._nc, self._js, self._fleet, settings, self.counters, tasks=self._tasks)
         self.leases = ShardLeases(
             await leases_bucket(self._js, ttl=settings.lease_ttl, replicas=settings.replicas),
@@ -125,7 +141,7 @@ class ControlPlane:
             ttl=settings.lease_ttl,
             on_acquire=ingest.start_shard,
             on_release=ingest.stop_shard,
-            on_leadership=self._fleet.set_leader,
+            on_leadership=self._leadership,
         )
         api = Api(
             self._nc,
@@ -134,13 +150,30 @@ class ControlPlane:
             replica=settings.replica_id,
             shards=settings.shards,
             owned=lambda: self.leases.owned if self.leases else (),
+            gitrepos=self.gitrepos,
         )
         await api.start()
         await self.leases.tick()  # take our share (all shards, when alone) before serving
         self._tasks.spawn("leases", self.leases.run())
         self._tasks.spawn("offline-sweep", ingest.sweep_offline())
         self._tasks.spawn("resync", self._resync_loop())
+        self._tasks.spawn("gitrepos", self.gitrepos.run())
+        if settings.webhook_listen:
+            secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+            self.webhook = WebhookServer(
+                self.gitrepos,
+                listen=settings.webhook_listen,
+                secret=secret,
+                max_body=settings.webhook_max_body,
+            )
+            await self.webhook.start()
         await self._nc.flush()
+
+    async def _leadership(self, leader: bool) -> None:
+        """The leader publishes desired state and polls gitrepos; both follow the lease."""
+        await self.fleet.set_leader(leader)
+        if self.gitrepos is not None:
+            await self.gitrepos.set_leader(leader)
 
     async def _resync_loop(self) -> None:
         """Retarget now and then: retries a publish that failed and purges orphaned classes."""
@@ -153,9 +186,13 @@ class ControlPlane:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.webhook is not None:
+            await self.webhook.stop()
         if self.leases is not None:
             with contextlib.suppress(Exception):  # best effort: the TTL frees them anyway
                 await asyncio.wait_for(self.leases.release_all(), DRAIN_TIMEOUT)
+        if self.gitrepos is not None:
+            await self.gitrepos.stop()
         await self._tasks.cancel_all()
         nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:

@@ -13,7 +13,7 @@ import secrets
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from protocol.settings import EnvSettings
 
@@ -69,3 +69,36 @@ class ServerSettings(EnvSettings):
         description="Seconds a class that no cluster uses keeps its desired state before it "
         "is purged, so agents that have not yet seen a new schema are not left empty.",
     )
+    git_cache_dir: Path | None = Field(
+        default=None,
+        description="Where gitrepos' repositories are cached (shallow bare clones) and commits "
+        "checked out for building bundles; default <data-dir>/git.",
+    )
+    git_timeout: float = Field(
+        default=120.0,
+        description="Seconds one git command (ls-remote, fetch) may run before it is killed "
+        "and the poll is recorded as failed.",
+    )
+    git_max_concurrent_polls: int = Field(
+        default=4,
+        description="Gitrepos polled at once by the leader; more wait for their turn.",
+    )
+    webhook_listen: str | None = Field(
+        default=None,
+        description="host:port of the git webhook endpoint (GitHub and GitLab push events); "
+        "off when unset.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Shared secret of the git webhook (GitHub's HMAC key, GitLab's token); "
+        "required with webhook_listen. Set it through the environment only.",
+    )
+    webhook_max_body: int = Field(
+        default=4 * 1024 * 1024,
+        description="Bytes a webhook request body may have; larger ones get 413. Push "
+        "payloads are small, but a big push lists many commits.",
+    )
+
+    @property
+    def git_cache_path(self) -> Path:
+        return self.git_cache_dir or self.data_dir / "git"

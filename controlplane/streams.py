@@ -12,6 +12,10 @@ shoal-bundles      bundle specs and their manifest IDs
 shoal-groups       cluster groups
 shoal-meta         facts fixed for the fleet's lifetime (the shard count)
 shoal-blobs        bundle resources by manifest ID (object store)
+shoal-gitrepos     gitrepo specs (written by any replica's admin API)
+shoal-gitrepo-     gitrepo status (written only by the leader, which polls)
+status
+shoal-git-secrets  credentials gitrepos fetch with; read only when fetching
 =================  ==========================================================
 """
 
@@ -41,6 +45,9 @@ SHARDS_KEY = "shards"
 CLUSTERS_BUCKET = "shoal-clusters"
 BUNDLES_BUCKET = "shoal-bundles"
 GROUPS_BUCKET = "shoal-groups"
+GITREPOS_BUCKET = "shoal-gitrepos"
+GITREPO_STATUS_BUCKET = "shoal-gitrepo-status"
+GIT_SECRETS_BUCKET = "shoal-git-secrets"
 
 
 def desired_stream(replicas: int) -> StreamConfig:
@@ -116,6 +123,22 @@ async def ensure(js: JetStreamContext, *, replicas: int = 1) -> Stores:
         bundles=await _kv(js, BUNDLES_BUCKET, replicas),
         groups=await _kv(js, GROUPS_BUCKET, replicas),
         blobs=blobs,
+    )
+
+
+@dataclass
+class GitStores:
+    repos: KeyValue
+    status: KeyValue
+    secrets: KeyValue
+
+
+async def ensure_git(js: JetStreamContext, *, replicas: int = 1) -> GitStores:
+    """The buckets of git sources; separate from :func:`ensure` so their owner wires them."""
+    return GitStores(
+        repos=await _kv(js, GITREPOS_BUCKET, replicas),
+        status=await _kv(js, GITREPO_STATUS_BUCKET, replicas),
+        secrets=await _kv(js, GIT_SECRETS_BUCKET, replicas),
     )
 
 

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from protocol.gitrepos import GitCredentials, GitRepoSpec, GitRepoStatus
 from protocol.messages import WireMessage
 from protocol.models import BundleSpec, ClusterGroup
 from protocol.states import State
@@ -163,3 +164,111 @@ class ShardSummary(WireMessage):
     counts: dict[str, tuple[tuple[str, str, State, int], ...]] = Field(default_factory=dict)
     class_offline: dict[str, int] = Field(default_factory=dict)
     clusters: dict[str, ClusterLive] = Field(default_factory=dict)
+
+
+# -- git sources (see protocol.gitrepos) ------------------------------------
+
+
+class GitRepoSet(WireMessage):
+    """Create or update a gitrepo; its first poll follows at once on the leader."""
+
+    KIND: ClassVar[str] = "gitrepo_set"
+    OP: ClassVar[str] = "gitrepo.set"
+    spec: GitRepoSpec
+
+
+class GitRepoSetReply(WireMessage):
+    KIND: ClassVar[str] = "gitrepo_set_reply"
+    name: str
+    generation: int
+    created: bool = False
+    changed: bool = False
+
+
+class GitRepoDelete(WireMessage):
+    """Delete a gitrepo and, as Fleet does, every bundle it created."""
+
+    KIND: ClassVar[str] = "gitrepo_delete"
+    OP: ClassVar[str] = "gitrepo.delete"
+    name: str
+
+
+class GitRepoDeleted(WireMessage):
+    KIND: ClassVar[str] = "gitrepo_deleted"
+    name: str
+    bundles: tuple[str, ...] = ()
+
+
+class GitRepoList(WireMessage):
+    """Every gitrepo, or only ``name`` (refused as not found when there is none)."""
+
+    KIND: ClassVar[str] = "gitrepo_list"
+    OP: ClassVar[str] = "gitrepo.list"
+    name: str = ""
+
+
+class GitRepoBundle(WireMessage):
+    """A bundle a gitrepo created, with its readiness over the clusters it targets."""
+
+    KIND: ClassVar[str] = "gitrepo_bundle"
+    name: str
+    deployment_id: str = ""
+    targeted: int = 0
+    ready: int = 0
+    states: dict[State, int] = Field(default_factory=dict)
+
+
+class GitRepoInfo(WireMessage):
+    KIND: ClassVar[str] = "gitrepo_info"
+    spec: GitRepoSpec
+    generation: int
+    status: GitRepoStatus = Field(default_factory=GitRepoStatus)
+    bundles: tuple[GitRepoBundle, ...] = ()
+    created_at: float = 0.0
+
+
+class GitRepoListReply(WireMessage):
+    KIND: ClassVar[str] = "gitrepo_list_reply"
+    repos: tuple[GitRepoInfo, ...] = ()
+
+
+class GitSecretSet(WireMessage):
+    """Store credentials for gitrepos under ``name``; never echoed back."""
+
+    KIND: ClassVar[str] = "git_secret_set"
+    OP: ClassVar[str] = "gitsecret.set"
+    name: str
+    credentials: GitCredentials
+
+
+class GitSecretDelete(WireMessage):
+    KIND: ClassVar[str] = "git_secret_delete"
+    OP: ClassVar[str] = "gitsecret.delete"
+    name: str
+
+
+class GitSecretList(WireMessage):
+    KIND: ClassVar[str] = "git_secret_list"
+    OP: ClassVar[str] = "gitsecret.list"
+
+
+class GitSecretInfo(WireMessage):
+    """What may be shown of a secret: its name, kind and user, never the secret itself."""
+
+    KIND: ClassVar[str] = "git_secret_info"
+    name: str
+    kind: str
+    username: str = ""
+    used_by: tuple[str, ...] = ()
+
+
+class GitSecretListReply(WireMessage):
+    KIND: ClassVar[str] = "git_secret_list_reply"
+    secrets: tuple[GitSecretInfo, ...] = ()
+
+
+class GitPoll(WireMessage):
+    """Poll these gitrepos now; sent to the leader on ``shoal.v1.internal.gitpoll``."""
+
+    KIND: ClassVar[str] = "git_poll"
+    names: tuple[str, ...] = ()

@@ -114,3 +114,6 @@ def parse_desired_subject(subject: str) -> str:
 
 # JetStream object store holding bundle resources, keyed by manifest ID.
 BLOB_BUCKET = "shoal-blobs"
+
+# A replica that received a git webhook asks the leader to poll here (core NATS).
+INTERNAL_GITPOLL = f"{PREFIX}.internal.gitpoll"

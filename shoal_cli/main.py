@@ -17,7 +17,7 @@ from typing import Any
 
 from controlplane.errors import ControlPlaneError
 from protocol.errors import ProtocolError
-from shoal_cli import admin_cmds, agent_cmd, demo_cmd, logs, output, server_cmd
+from shoal_cli import admin_cmds, agent_cmd, demo_cmd, gitrepo_cmds, logs, output, server_cmd
 from shoal_cli.errors import CliError
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     _client(stats)
     stats.set_defaults(func=admin_cmds.stats)
 
+    gitrepo_cmds.add_parser(commands, _client, _output)
     demo_cmd.add_parser(commands)
     return parser
 

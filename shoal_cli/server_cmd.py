@@ -42,6 +42,18 @@ def add_parser(commands: Any) -> None:
         metavar="SECONDS",
         help="seconds without a heartbeat before a cluster is Offline (default 20)",
     )
+    server.add_argument(
+        "--git-cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="where gitrepos' repositories are cached and checked out (default DATA_DIR/git)",
+    )
+    server.add_argument(
+        "--webhook-listen",
+        metavar="HOST:PORT",
+        help="serve the git webhook (GitHub and GitLab push events) here; needs "
+        "SHOAL_WEBHOOK_SECRET (env SHOAL_WEBHOOK_LISTEN; default off)",
+    )
     server.set_defaults(func=run)
 
 
@@ -55,6 +67,8 @@ async def run(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         shards=args.shards,
         heartbeat_timeout=args.heartbeat_timeout,
+        git_cache_dir=args.git_cache_dir,
+        webhook_listen=args.webhook_listen,
     )
     await run_server(settings)
     return 0

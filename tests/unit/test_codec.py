@@ -28,6 +28,7 @@ from protocol.codec import (
     encode_resources,
 )
 from protocol.errors import DecodeError
+from protocol.gitrepos import GitCredentials, GitRepoSpec, GitRepoStatus
 from protocol.messages import WireMessage
 from protocol.models import BundleResource, BundleSpec, ClusterGroup, DeploymentOptions
 from protocol.states import State
@@ -87,6 +88,34 @@ CLUSTER_SUMMARY = admin.ClusterSummary(
 
 CLUSTER_LIVE = admin.ClusterLive(
     reported={"web": (DEPLOYMENT_ID, State.NOT_READY)}, offline=True, last_seen=1767225600.5
+)
+
+GITREPO = GitRepoSpec(
+    name="site",
+    repo="https://git.example.com/ops/site.git",
+    branch="main",
+    paths=("apps/web", "apps/db"),
+    polling_interval=30.0,
+    targets=SPEC.targets,
+    auth_secret="deploy",
+)
+GITREPO_BUNDLE = admin.GitRepoBundle(
+    name="site-web", deployment_id=DEPLOYMENT_ID, targeted=3, ready=2, states={State.READY: 2}
+)
+GITREPO_INFO = admin.GitRepoInfo(
+    spec=GITREPO,
+    generation=2,
+    status=GitRepoStatus(
+        commit="a" * 40,
+        deployed_commit="b" * 40,
+        bundles=("site-web",),
+        error="apps/db/db.yaml: not YAML",
+        error_commit="a" * 40,
+    ),
+    bundles=(GITREPO_BUNDLE,),
+)
+GIT_SECRET_INFO = admin.GitSecretInfo(
+    name="deploy", kind="basic-auth", username="git", used_by=("site",)
 )
 
 EXAMPLES: dict[str, WireMessage] = {
@@ -150,6 +179,22 @@ EXAMPLES: dict[str, WireMessage] = {
         class_offline={"0123456789abcdef": 2},
         clusters={"7f3c": CLUSTER_LIVE},
     ),
+    "gitrepo_set": admin.GitRepoSet(spec=GITREPO),
+    "gitrepo_set_reply": admin.GitRepoSetReply(name="site", generation=2, changed=True),
+    "gitrepo_delete": admin.GitRepoDelete(name="site"),
+    "gitrepo_deleted": admin.GitRepoDeleted(name="site", bundles=("site-web",)),
+    "gitrepo_list": admin.GitRepoList(name="site"),
+    "gitrepo_bundle": GITREPO_BUNDLE,
+    "gitrepo_info": GITREPO_INFO,
+    "gitrepo_list_reply": admin.GitRepoListReply(repos=(GITREPO_INFO,)),
+    "git_secret_set": admin.GitSecretSet(
+        name="deploy", credentials=GitCredentials(username="git", password="tok")
+    ),
+    "git_secret_delete": admin.GitSecretDelete(name="deploy"),
+    "git_secret_list": admin.GitSecretList(),
+    "git_secret_info": GIT_SECRET_INFO,
+    "git_secret_list_reply": admin.GitSecretListReply(secrets=(GIT_SECRET_INFO,)),
+    "git_poll": admin.GitPoll(names=("site", "apps")),
 }
 
 
