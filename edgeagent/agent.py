@@ -28,6 +28,7 @@ from pathlib import Path
 
 import structlog
 
+from bundles.templating import ClusterContext
 from edgeagent import identity as identity_mod
 from edgeagent.backend import ClusterBackend
 from edgeagent.blobs import BlobProvider, Blobs
@@ -257,6 +258,9 @@ class Agent:
         self.identity = identity
         self.reporter.identity = identity
         self.reconciler.cluster = identity.cluster_id
+        self.reconciler.context = ClusterContext(
+            name=identity.name, labels=self.labels, annotations=self.annotations
+        )
 
     async def _wait_for_resync(self, seen: int) -> None:
         s = self.settings

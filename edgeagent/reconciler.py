@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from bundles.templating import ClusterContext
 from edgeagent.backend import ClusterBackend, Deployment, Observation
 from edgeagent.blobs import BlobProvider
 from edgeagent.errors import ApplyError, BlobError, DeploymentError
-from edgeagent.render import ParseCache, place
+from edgeagent.render import ParseCache, objects_for
 from edgeagent.settings import AgentSettings
 from edgeagent.tasks import wait_event
 from protocol.codec import decode_resources
@@ -71,6 +72,8 @@ class Reconciler:
     blobs: BlobProvider
     settings: AgentSettings
     cluster: str = ""
+    # What per-cluster templates may read about this cluster (name, labels).
+    context: ClusterContext = field(default_factory=lambda: ClusterContext(name=""))
     version: int = 0
     parsed: ParseCache = field(default_factory=ParseCache)
     # Called on every status change (the reporter wakes on it instead of polling).
@@ -244,7 +247,12 @@ class Reconciler:
                     transient=False,
                 ) from exc
 
-        objects = place(self.parsed.get(manifest, resources), desired.options)
+        objects = await objects_for(
+            self.parsed.get(manifest, resources),
+            desired.options,
+            bundle=desired.bundle,
+            cluster=self.context,
+        )
         return Deployment(desired.bundle, desired.deployment_id, desired.options, objects)
 
     async def _apply(self, record: _Record) -> None:

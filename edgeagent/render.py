@@ -1,109 +1,122 @@
-"""Rendering: a bundle's resource files -> the Kubernetes objects to apply.
+"""Rendering at the edge: a bundle's files -> the objects this cluster should hold.
 
-Rendering happens at the edge, per cluster. For now resources are plain YAML
-manifests (one or more documents per file, ``*.yaml``/``*.yml``); namespaces follow Fleet's rules:
-``namespace`` forces the namespace of every namespaced object,
-``defaultNamespace`` (else ``default``) fills in objects that name none, and
-cluster-scoped kinds are left alone. Any invalid object rejects the whole
-bundle (invariant 5) with an error naming the file and the document.
+The work is :mod:`bundles.render` (Helm, Kustomize, overlays, per-cluster
+templating, Fleet's namespace rules), the same code the control plane
+validates bundles with, so both sides agree on what is valid. This module
+adds what the agent needs around it: errors in the agent's own tree
+(:class:`RenderError`, which becomes ErrApplied with the file and cause), and
+:class:`ParseCache`, which keeps a bundle's decoded files and, for plain
+manifests, its parsed objects, once per process. Engines (Helm, Kustomize)
+run in a worker thread so the event loop keeps serving the bus meanwhile.
 """
 
 from __future__ import annotations
 
-import copy
+import asyncio
+import contextlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from bundles import render as bundle_render
+from bundles.errors import BundleError
+from bundles.overlays import raw_manifests
+from bundles.templating import ClusterContext
 from edgeagent.errors import RenderError
 from protocol.manifests import ManifestError, ParsedObject, parse_resources
 from protocol.models import BundleResource, DeploymentOptions
 
-DEFAULT_NAMESPACE = "default"
-
-CLUSTER_SCOPED_KINDS: frozenset[str] = frozenset(
-    {
-        "Namespace",
-        "CustomResourceDefinition",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "PersistentVolume",
-        "StorageClass",
-        "PriorityClass",
-        "ValidatingWebhookConfiguration",
-        "MutatingWebhookConfiguration",
-        "APIService",
-    }
-)
-
-
-def _place(obj: dict[str, Any], options: DeploymentOptions) -> dict[str, Any]:
-    if obj["kind"] in CLUSTER_SCOPED_KINDS:
-        return obj
-    meta = obj["metadata"]
-    if options.namespace:
-        meta["namespace"] = options.namespace
-    elif not meta.get("namespace"):
-        meta["namespace"] = options.default_namespace or DEFAULT_NAMESPACE
-    return obj
+DEFAULT_NAMESPACE = bundle_render.DEFAULT_NAMESPACE
+CLUSTER_SCOPED_KINDS = bundle_render.CLUSTER_SCOPED_KINDS
 
 
 def parse(resources: Iterable[BundleResource]) -> tuple[ParsedObject, ...]:
-    """The bundle's objects as parsed, before placement; RenderError names the file."""
+    """The raw manifests' objects as parsed, before placement; RenderError names the file."""
     try:
-        return tuple(parse_resources(resources))
+        return tuple(parse_resources(raw_manifests(resources)))
     except ManifestError as exc:
         raise RenderError(str(exc), file=exc.file, document=exc.document) from exc
+
+
+def place(parsed: Iterable[ParsedObject], options: DeploymentOptions) -> tuple[dict[str, Any], ...]:
+    """Copies of parsed objects with their namespaces placed for these options."""
+    try:
+        return bundle_render.place(parsed, options)
+    except BundleError as exc:
+        raise RenderError(str(exc), file=exc.file) from exc
 
 
 def render(
     resources: Iterable[BundleResource], options: DeploymentOptions
 ) -> tuple[dict[str, Any], ...]:
-    """Every object of a bundle, in file-name order, namespaces placed.
-
-    Parsing is :func:`protocol.manifests.parse_resources`, the same code the
-    control plane validates bundles with, so both sides agree on what is valid.
-    """
+    """Every object of a bundle of plain manifests, in file-name order, namespaces placed."""
     return place(parse(resources), options)
 
 
-def place(parsed: Iterable[ParsedObject], options: DeploymentOptions) -> tuple[dict[str, Any], ...]:
-    """Copies of parsed objects with their namespaces placed for these options."""
-    objects: list[dict[str, Any]] = []
-    for item in parsed:
-        obj = copy.deepcopy(item.obj)
-        namespace = obj["metadata"].get("namespace")
-        if namespace is not None and not isinstance(namespace, str):
-            raise RenderError(
-                f"{item.file} (document {item.document}): metadata.namespace must be a string",
-                file=item.file,
-                document=item.document,
-            )
-        objects.append(_place(obj, options))
-    return tuple(objects)
+@dataclass(frozen=True)
+class Loaded:
+    """A bundle's files as decoded once, and its objects when no engine is needed."""
+
+    resources: tuple[BundleResource, ...]
+    plain: tuple[ParsedObject, ...] | None  # None: a Helm or Kustomize bundle
 
 
 class ParseCache:
-    """Parsed objects by manifest ID, so a deployment is parsed once per process.
+    """Decoded (and, for plain manifests, parsed) bundles by manifest ID, per process.
 
-    One agent parses each deployment once anyway; a simulated fleet shares one
+    One agent reads each deployment once anyway; a simulated fleet shares one
     cache among its agents, as many real clusters would each parse once in
     parallel. Bounded: the oldest entries go first.
     """
 
     def __init__(self, size: int = 64) -> None:
         self._size = size
-        self._entries: dict[str, tuple[ParsedObject, ...]] = {}
+        self._entries: dict[str, Loaded] = {}
 
-    def get(
-        self, manifest_id: str, resources: Callable[[], list[BundleResource]]
-    ) -> tuple[ParsedObject, ...]:
-        parsed = self._entries.get(manifest_id)
-        if parsed is None:
-            parsed = parse(resources())
+    def get(self, manifest_id: str, resources: Callable[[], list[BundleResource]]) -> Loaded:
+        loaded = self._entries.get(manifest_id)
+        if loaded is None:
+            files = tuple(resources())
+            plain = None
+            if bundle_render.kind_of(files, DeploymentOptions()) == bundle_render.MANIFESTS:
+                # A bad file is reported when the bundle is rendered for a cluster:
+                # the options chosen for it may not even deploy that file.
+                with contextlib.suppress(RenderError):
+                    plain = parse(files)
+            loaded = Loaded(files, plain)
             if len(self._entries) >= self._size:
                 del self._entries[next(iter(self._entries))]
-            self._entries[manifest_id] = parsed
-        return parsed
+            self._entries[manifest_id] = loaded
+        return loaded
+
+
+async def objects_for(
+    loaded: Loaded,
+    options: DeploymentOptions,
+    *,
+    bundle: str,
+    cluster: ClusterContext,
+) -> tuple[dict[str, Any], ...]:
+    """What ``cluster`` should hold of this bundle; RenderError names the file and cause.
+
+    Plain manifests without overlays come from the cache; anything else
+    (overlays chosen per target, Helm values templated per cluster, a
+    kustomization) is rendered for this cluster, engines in a thread.
+    """
+    overlays = options.yaml.overlays if options.yaml is not None else ()
+    engine = bundle_render.kind_of(loaded.resources, options) != bundle_render.MANIFESTS
+    if loaded.plain is not None and not overlays and not engine:
+        return place(loaded.plain, options)
+    try:
+        return await asyncio.to_thread(
+            bundle_render.render_placed,
+            loaded.resources,
+            options,
+            bundle=bundle,
+            cluster=cluster,
+        )
+    except BundleError as exc:
+        raise RenderError(str(exc), file=exc.file) from exc
 
 
 def object_key(obj: dict[str, Any]) -> tuple[str, str, str, str]:
