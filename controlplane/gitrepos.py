@@ -28,7 +28,8 @@ from pathlib import Path
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyValueError, NoKeysError
+from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict
 
 from controlplane.errors import BundleInvalid, NotFound, RequestRejected
@@ -160,6 +161,7 @@ class GitRepos:
         if value is None:
             self.repos.pop(key, None)
             self._due.pop(key, None)
+            self._git.forget(key)  # every replica drops its own cache of it
             return
         stored = StoredGitRepo.model_validate_json(value)
         old = self.repos.get(key)
@@ -199,7 +201,11 @@ class GitRepos:
     async def set(self, spec: GitRepoSpec) -> admin.GitRepoSetReply:
         if spec.auth_secret:
             await self._credentials(spec)  # refuse a secret that does not exist
-        old = self.repos.get(spec.name)
+        try:
+            entry: KeyValue.Entry | None = await self._stores.repos.get(spec.name)
+        except KeyNotFoundError:
+            entry = None
+        old = StoredGitRepo.model_validate_json(entry.value or b"") if entry else None
         now = time.time()
         if old is not None and old.spec == spec:
             stored, changed = old, False
@@ -210,7 +216,16 @@ class GitRepos:
                 created_at=old.created_at if old else now,
                 updated_at=now,
             )
-            await self._stores.repos.put(spec.name, stored.model_dump_json().encode())
+            data = stored.model_dump_json().encode()
+            try:  # compare-and-set, so two concurrent changes never share a generation
+                if entry is None:
+                    await self._stores.repos.create(spec.name, data)
+                else:
+                    await self._stores.repos.update(spec.name, data, last=entry.revision)
+            except KeyValueError:
+                raise RequestRejected(
+                    f"gitrepo {spec.name!r} was changed at the same time; try again"
+                ) from None
             self.repos[spec.name] = stored
             changed = True
         log.info("gitrepo.set", gitrepo=spec.name, generation=stored.generation, changed=changed)
@@ -228,7 +243,6 @@ class GitRepos:
             status = self.statuses.pop(name, GitRepoStatus())
             deleted = await self._deployer.delete([*status.bundles, *status.applying])
             await self._stores.status.delete(name)
-        self._git.forget(name)
         log.info("gitrepo.deleted", gitrepo=name, bundles=deleted)
         return admin.GitRepoDeleted(name=name, bundles=tuple(deleted))
 

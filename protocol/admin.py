@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from protocol.gitrepos import GitCredentials, GitRepoSpec, GitRepoStatus
 from protocol.messages import WireMessage
@@ -172,6 +172,7 @@ class ShardSummary(WireMessage):
 class GitRepoSet(WireMessage):
     """Create or update a gitrepo; its first poll follows at once on the leader."""
 
+    model_config = ConfigDict(frozen=True, extra="ignore", hide_input_in_errors=True)
     KIND: ClassVar[str] = "gitrepo_set"
     OP: ClassVar[str] = "gitrepo.set"
     spec: GitRepoSpec
@@ -235,6 +236,7 @@ class GitRepoListReply(WireMessage):
 class GitSecretSet(WireMessage):
     """Store credentials for gitrepos under ``name``; never echoed back."""
 
+    model_config = ConfigDict(frozen=True, extra="ignore", hide_input_in_errors=True)
     KIND: ClassVar[str] = "git_secret_set"
     OP: ClassVar[str] = "gitsecret.set"
     name: str

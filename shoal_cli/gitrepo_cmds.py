@@ -230,10 +230,9 @@ async def _info(client: AdminClient, name: str) -> admin.GitRepoInfo:
 
 
 async def _previous_poll(client: AdminClient, name: str) -> float | None:
-    try:
-        return (await _info(client, name)).status.last_poll_at
-    except CliError:
-        return None
+    """When the gitrepo was last polled, if it exists (listing all: no refusal logged)."""
+    reply = await client.admin(admin.GitRepoList(), admin.GitRepoListReply)
+    return next((i.status.last_poll_at for i in reply.repos if i.spec.name == name), None)
 
 
 async def gitrepo_add(args: argparse.Namespace) -> int:
@@ -290,13 +289,13 @@ async def gitrepo_list(args: argparse.Namespace) -> int:
     now = time.time()
     output.table(
         "Git repositories",
-        ["NAME", "REPO", "FOLLOWS", "COMMIT", "BUNDLES READY", "LAST POLL", "ERROR"],
+        ["NAME", "REPO", "DEPLOYED", "BUNDLES", "READY", "POLLED", "ERROR"],
         [
             [
                 info.spec.name,
                 info.spec.repo,
-                _follows(info.spec),
-                info.status.deployed_commit[:12] or "-",
+                _deployed_text(info),
+                str(len(info.bundles)),
                 _ready_text(info),
                 output.ago(info.status.last_poll_at, now),
                 _shorten(_error_text(info), 60) or "-",
@@ -317,7 +316,7 @@ async def gitrepo_show(args: argparse.Namespace) -> int:
     rows = [
         ("Name", spec.name),
         ("Repo", spec.repo),
-        ("Follows", _follows(spec)),
+        ("Follows", spec.ref_text),
         ("Paths", ", ".join(spec.paths) or "(repository root)"),
         ("Interval", f"{spec.polling_interval:g}s"),
         ("Targets", _targets_text(spec.targets)),
@@ -377,12 +376,17 @@ def _error_text(info: admin.GitRepoInfo) -> str:
     return status.error
 
 
+def _deployed_text(info: admin.GitRepoInfo) -> str:
+    """``main@1a2b3c4``: what is followed, and the commit deployed from it."""
+    commit = info.status.deployed_commit[:7] or "-"
+    return f"{_follows(info.spec)}@{commit}"
+
+
 def _ready_text(info: admin.GitRepoInfo) -> str:
-    if not info.bundles:
-        return "-"
+    """Ready clusters over targeted ones, summed over the gitrepo's bundles."""
     ready = sum(b.ready for b in info.bundles)
     targeted = sum(b.targeted for b in info.bundles)
-    return f"{len(info.bundles)} ({ready}/{targeted} ready)"
+    return f"{ready}/{targeted}" if info.bundles else "-"
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -398,7 +402,10 @@ def _info_dict(info: admin.GitRepoInfo) -> dict[str, Any]:
         "revision": info.spec.revision,
         "paths": list(info.spec.paths),
         "polling_interval": info.spec.polling_interval,
-        "targets": [t.model_dump(mode="json", by_alias=True) for t in info.spec.targets],
+        "targets": [
+            t.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+            for t in info.spec.targets
+        ],
         "auth_secret": info.spec.auth_secret,
         "generation": info.generation,
         "commit": status.commit,

@@ -8,13 +8,15 @@ import stat
 import subprocess
 from pathlib import Path
 
+import msgpack
 import pytest
 from pydantic import ValidationError
 
 from controlplane.gitrepos import StoredGitRepo
 from controlplane.gitsync import GitCli
 from controlplane.webhook import matching, parse_listen
-from protocol.errors import InvalidNameError
+from protocol import admin, codec
+from protocol.errors import DecodeError, InvalidNameError
 from protocol.gitrepos import (
     GitCredentials,
     GitRepoSpec,
@@ -171,3 +173,11 @@ def test_an_ssh_key_reaches_git_as_a_private_file(tmp_path: Path) -> None:
         assert "StrictHostKeyChecking=yes" in command
         assert "abc" not in env["GIT_SSH_COMMAND"]
     assert not key.exists()
+
+
+def test_a_malformed_secret_request_does_not_echo_the_secret() -> None:
+    for credentials in ("hunter2-pass", {"username": "u", "password": ["hunter2-pass"]}):
+        data = msgpack.packb([1, "git_secret_set", {"name": "x", "credentials": credentials}])
+        with pytest.raises(DecodeError) as info:
+            codec.decode(data, admin.GitSecretSet)
+        assert "hunter2" not in str(info.value)
