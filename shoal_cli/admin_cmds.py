@@ -5,20 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from controlplane.errors import BundleInvalid
-from controlplane.sources import read_directory
-from protocol import admin, codec, ids
+from protocol import admin
 from protocol.errors import ProtocolError
-from protocol.models import BundleSpec, BundleTarget, ClusterGroup, DeploymentOptions
-from protocol.selectors import LabelSelector, parse_labels, parse_selector
+from protocol.models import ClusterGroup
+from protocol.selectors import parse_labels, parse_selector
 from protocol.states import WORST_FIRST, State
 from shoal_cli import output
 from shoal_cli.client import AdminClient
 from shoal_cli.durations import parse_duration
-from shoal_cli.errors import CliError, UsageError
+from shoal_cli.errors import UsageError
 
 
 async def token_create(args: argparse.Namespace) -> int:
@@ -31,67 +28,6 @@ async def token_create(args: argparse.Namespace) -> int:
             admin.TokenCreated,
         )
     print(reply.token)
-    return 0
-
-
-def _targets(selectors: list[str]) -> tuple[BundleTarget, ...]:
-    if not selectors:
-        return (BundleTarget(name="all", cluster_selector=LabelSelector()),)
-    targets = []
-    for index, text in enumerate(selectors):
-        try:
-            selector = parse_selector(text)
-        except ProtocolError as exc:
-            raise UsageError(f"--target {text!r}: {exc}") from exc
-        targets.append(BundleTarget(name=f"target{index:03d}", cluster_selector=selector))
-    return tuple(targets)
-
-
-def build_bundle(args: argparse.Namespace) -> tuple[BundleSpec, bytes]:
-    try:
-        resources = read_directory(Path(args.dir))
-    except BundleInvalid as exc:
-        raise CliError(str(exc)) from exc
-    try:
-        spec = BundleSpec(
-            name=args.name,
-            options=DeploymentOptions(
-                default_namespace=args.namespace,
-                namespace=args.force_namespace,
-                correct_drift=args.correct_drift,
-                keep_resources=args.keep_resources,
-            ),
-            targets=_targets(args.target or []),
-        )
-    except ValueError as exc:  # pydantic names the field
-        raise UsageError(f"bundle {args.name!r}: {_first_error(exc)}") from exc
-    return spec, codec.encode_resources(resources)
-
-
-def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        field = ".".join(str(part) for part in first.get("loc", ()))
-        message = str(first.get("msg", exc)).removeprefix("Value error, ")
-        return f"{field}: {message}" if field else message
-    return str(exc)
-
-
-async def apply(args: argparse.Namespace) -> int:
-    spec, blob = build_bundle(args)
-    manifest = ids.manifest_id_of_blob(blob)
-    async with AdminClient(args.server) as client:
-        await client.upload_blob(manifest, blob)
-        reply = await client.admin(
-            admin.BundleApply(spec=spec, manifest_id=manifest), admin.BundleApplied
-        )
-    if args.output == "json":
-        output.emit(reply.model_dump(mode="json"), "json")
-    else:
-        verb = "configured" if reply.changed else "unchanged"
-        ids_text = ", ".join(reply.deployment_ids) or "(no cluster targeted yet)"
-        print(f"bundle/{reply.name} {verb}: {ids_text}")
     return 0
 
 
