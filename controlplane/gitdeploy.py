@@ -1,19 +1,17 @@
 """One commit of a gitrepo becomes bundles, deployed all together or not at all.
 
-:func:`build_commit` turns a checked-out commit into bundles (their specs
-labelled with the gitrepo and commit, their resources encoded as the blobs
-``shoal apply`` uploads) and validates every one before anything is
-deployed. :class:`Deployer` then does what ``shoal apply`` does for each
-bundle (blob into the object store under its manifest ID, then
-:meth:`Fleet.apply_bundle`) and deletes the gitrepo's bundles the commit no
-longer has. If any apply fails, the bundles applied before it are put back
-to what they were, so a commit is deployed whole or not at all.
+:func:`build_commit` turns a checked-out commit into bundles with
+:mod:`bundles.build` (their specs labelled with the gitrepo and commit, their
+resources encoded as the blobs ``shoal apply`` uploads), every one valid
+before anything is deployed. :class:`Deployer` then does what ``shoal
+apply`` does for each bundle (blob into the object store under its manifest
+ID, then :meth:`Fleet.apply_bundle`) and deletes the gitrepo's bundles the
+commit no longer has. If any apply fails, the bundles applied before it are
+put back to what they were, so a commit is deployed whole or not at all.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,21 +20,17 @@ import structlog
 from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
-from controlplane import sources
+from bundles.build import build_bundles
+from bundles.charts import ChartCache
+from bundles.errors import BundleError
 from controlplane.errors import BundleInvalid
 from controlplane.fleet import Fleet
 from controlplane.targeting import BundleRecord
 from protocol import admin, codec, ids
 from protocol.gitrepos import COMMIT_LABEL, REPO_LABEL, GitRepoSpec
-from protocol.manifests import MANIFEST_SUFFIXES
-from protocol.models import BundleResource, BundleSpec, BundleTarget, DeploymentOptions
-from protocol.selectors import LabelSelector
+from protocol.models import BundleSpec
 
 log = structlog.get_logger(__name__)
-
-FLEET_YAML = ("fleet.yaml", "fleet.yml")
-# A gitrepo without targets deploys everywhere, as `shoal apply` without --target.
-EVERY_CLUSTER = (BundleTarget(name="all", cluster_selector=LabelSelector()),)
 
 
 @dataclass(frozen=True)
@@ -57,106 +51,37 @@ class BuiltCommit:
         return [b.spec.name for b in self.bundles]
 
 
-def build_commit(root: Path, repo: GitRepoSpec, commit: str) -> BuiltCommit:
+def build_commit(root: Path, repo: GitRepoSpec, commit: str, *, charts: ChartCache) -> BuiltCommit:
     """Every bundle of the commit checked out at ``root``, or :class:`BundleInvalid`.
 
-    The message of the error names the file and the cause. Blocking (reads
-    files): run it in a thread.
+    :func:`bundles.build.build_bundles` finds the bundles as Fleet does (each
+    path, each directory with a ``fleet.yaml``), fetches remote charts into
+    them and renders every variant once; the error of any bundle (naming the
+    file and cause) rejects the whole commit. Blocking (files, Helm): run it
+    in a thread.
     """
-    built, warnings = _build(root, base_name=repo.name, paths=repo.paths, targets=repo.targets)
-    if not built:
-        where = ", ".join(repo.paths) or "the repository"
-        raise BundleInvalid(f"no bundles found in {where}")
+    try:
+        result = build_bundles(
+            root, base_name=repo.name, paths=repo.paths, targets=repo.targets, cache=charts
+        )
+    except BundleError as exc:
+        raise BundleInvalid(str(exc)) from exc
     prepared: list[PreparedBundle] = []
-    seen: set[str] = set()
-    for spec, resources in built:
-        if spec.name in seen:
-            raise BundleInvalid(f"two bundles of the commit are named {spec.name!r}")
-        seen.add(spec.name)
-        sources.validate(resources, origin=spec.name)  # what apply_bundle checks, up front
-        blob = codec.encode_resources(resources)
+    for bundle in result.bundles:
+        blob = codec.encode_resources(bundle.resources)
         prepared.append(
             PreparedBundle(
-                spec=_labelled(spec, repo.name, commit),
+                spec=_labelled(bundle.spec, repo.name, commit),
                 blob=blob,
                 manifest_id=ids.manifest_id_of_blob(blob),
             )
         )
-    return BuiltCommit(commit=commit, bundles=prepared, warnings=warnings)
+    return BuiltCommit(commit=commit, bundles=prepared, warnings=list(result.warnings))
 
 
 def _labelled(spec: BundleSpec, repo_name: str, commit: str) -> BundleSpec:
     labels = {**spec.labels, REPO_LABEL: repo_name, COMMIT_LABEL: commit}
     return spec.model_copy(update={"labels": labels})
-
-
-# -- building (plain manifests until bundles.build is available) --------------
-
-
-def _build(
-    root: Path, *, base_name: str, paths: Sequence[str], targets: Sequence[BundleTarget]
-) -> tuple[list[tuple[BundleSpec, list[BundleResource]]], list[str]]:
-    """Bundles of plain manifests: a directory holding fleet.yaml is a bundle of its own.
-
-    Each path (none: the root) is a bundle of the manifests under it, except
-    subdirectories holding a ``fleet.yaml``, which become bundles of their own
-    (Fleet's discovery). Options in fleet.yaml are not read here.
-    """
-    out: list[tuple[BundleSpec, list[BundleResource]]] = []
-    for path in paths or ["."]:
-        base = (root / path).resolve()
-        if not base.is_relative_to(root.resolve()) or not base.is_dir():
-            raise BundleInvalid(f"{path}: no such directory in the repository")
-        bundle_dirs = sorted(
-            {f.parent for name in FLEET_YAML for f in base.rglob(name) if _visible(f, root)}
-        )
-        roots = bundle_dirs or [base]
-        for bundle_root in roots:
-            resources = _manifests(bundle_root, root, stop=set(bundle_dirs) - {bundle_root})
-            if not resources:
-                continue
-            rel = bundle_root.relative_to(root.resolve()).as_posix()
-            try:
-                spec = BundleSpec(
-                    name=_bundle_name(base_name, rel),
-                    options=DeploymentOptions(),
-                    targets=tuple(targets) or EVERY_CLUSTER,
-                )
-            except ValueError as exc:
-                raise BundleInvalid(f"{rel}: {exc}") from exc
-            out.append((spec, resources))
-    return out, []
-
-
-def _visible(path: Path, root: Path) -> bool:
-    return not any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-def _manifests(directory: Path, root: Path, *, stop: set[Path]) -> list[BundleResource]:
-    resources = []
-    for path in sorted(directory.rglob("*")):
-        if not path.is_file() or path.suffix not in MANIFEST_SUFFIXES or path.name in FLEET_YAML:
-            continue
-        if not _visible(path, root) or any(path.is_relative_to(s) for s in stop):
-            continue
-        rel = path.relative_to(root).as_posix()
-        try:
-            content = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise BundleInvalid(f"{rel}: not UTF-8 text ({exc.reason})") from exc
-        resources.append(BundleResource(name=rel, content=content))
-    return resources
-
-
-def _bundle_name(base: str, rel: str) -> str:
-    """``base`` for the repository root, ``base-<path>`` below it; a DNS label, as Fleet."""
-    if rel in ("", "."):
-        return base
-    name = re.sub(r"[^a-z0-9]+", "-", f"{base}-{rel}".lower()).strip("-")
-    if len(name) <= 63:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[:54].rstrip('-')}-{digest}"
 
 
 # -- deploying ---------------------------------------------------------------

@@ -32,6 +32,7 @@ from nats.js.errors import KeyNotFoundError, KeyValueError, NoKeysError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict
 
+from bundles.charts import ChartCache
 from controlplane.errors import BundleInvalid, NotFound, RequestRejected
 from controlplane.fleet import Fleet
 from controlplane.gitdeploy import BuiltCommit, Deployer, build_commit
@@ -85,6 +86,7 @@ class GitRepos:
         self._locks: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.git_max_concurrent_polls)
+        self._charts = ChartCache(settings.git_cache_path / "charts")
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -467,7 +469,7 @@ class GitRepos:
             await self._git.checkout(
                 spec.repo, commit, root, cache_key=name, credentials=credentials
             )
-            return await asyncio.to_thread(build_commit, root, spec, commit)
+            return await asyncio.to_thread(build_commit, root, spec, commit, charts=self._charts)
 
     def _check_owners(self, name: str, built: BuiltCommit, owned: Iterable[str]) -> None:
         mine = set(owned)

@@ -197,6 +197,7 @@ async def test_a_removed_bundle_directory_deletes_its_bundle_and_paths_restrict(
     web = next(b for b in repo.status.bundles if "web" in b)
     db = next(b for b in repo.status.bundles if "db" in b)
     assert {web, db} <= set(await h.bundles(nc))
+    assert control_plane.fleet.bundles[web].spec.options.default_namespace == "apps"  # fleet.yaml
 
     second = work.remove("apps/db").push("drop db")
     repo = await eventually(deployed(nc, "fleet", second))
