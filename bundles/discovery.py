@@ -39,6 +39,7 @@ from bundles.fleetyaml import (
     FLEET_YAML_NAMES,
     FleetYaml,
     YamlLoader,
+    json_keys,
     load_fleet_yaml,
     to_spec,
 )
@@ -218,7 +219,7 @@ def _subdirectories(directory: Path) -> list[Path]:
 
 
 def _has_own_yaml(root: Path, start: str) -> bool:
-    return any(rel.endswith((".yaml", ".yml")) for rel, _ in _files(root / start))
+    return any(rel.endswith((".yaml", ".yml")) for rel, _ in _files(root / start, root))
 
 
 class _Ignore:
@@ -252,9 +253,15 @@ class _Ignore:
         return False
 
 
-def _files(bundle_dir: Path) -> list[tuple[str, Path]]:
-    """(path relative to the bundle, file) for every file that belongs to the bundle."""
+def _files(bundle_dir: Path, root: Path | None = None) -> list[tuple[str, Path]]:
+    """(path relative to the bundle, file) for every file that belongs to the bundle.
+
+    Symbolic links to directories are not followed, and a link to a file
+    outside ``root`` (default: the bundle) is left out: a repository must not
+    ship the files of the machine that reads it.
+    """
     out: list[tuple[str, Path]] = []
+    boundary = (root or bundle_dir).resolve()
 
     def walk(directory: Path, prefix: str, ignore: _Ignore) -> None:
         ignore = ignore.below(directory)
@@ -267,7 +274,7 @@ def _files(bundle_dir: Path) -> list[tuple[str, Path]]:
             if is_dir:
                 if not _fleet_yaml_in(entry):
                     walk(entry, f"{prefix}{entry.name}/", ignore)
-            elif entry.is_file():
+            elif entry.is_file() and entry.resolve().is_relative_to(boundary):
                 out.append((f"{prefix}{entry.name}", entry))
 
     walk(bundle_dir, "", _Ignore())
@@ -290,7 +297,7 @@ def _read_bundle(root: Path, path: str, base: str) -> DiscoveredBundle:
     skip |= _values_files(fleet)
     resources: list[BundleResource] = []
     total = 0
-    for rel, file in _files(directory):
+    for rel, file in _files(directory, root):
         if rel in skip:
             continue
         data = file.read_bytes()
@@ -375,7 +382,7 @@ def _with_values_files(fleet: FleetYaml, root: Path, directory: Path) -> FleetYa
                     field=field,
                 )
             try:
-                data = yaml.load(path.read_text(encoding="utf-8"), Loader=YamlLoader)
+                data = json_keys(yaml.load(path.read_text(encoding="utf-8"), Loader=YamlLoader))
             except (yaml.YAMLError, UnicodeDecodeError) as exc:
                 raise DiscoveryError(
                     f"{fleet.file}: {field}: {name} is not a YAML file of values: {exc}",

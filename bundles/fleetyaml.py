@@ -174,8 +174,7 @@ def load_fleet_yaml(text: str, file: str = "fleet.yaml") -> tuple[FleetYaml, lis
         raise FleetYamlError(f"{file}{where}: invalid YAML: {problem}", file=file) from exc
     finally:
         loader.dispose()
-    if data is None:
-        data = {}
+    data = json_keys(data) if data is not None else {}
     if not isinstance(data, dict):
         raise FleetYamlError(
             f"{file}: expected a mapping of fleet.yaml keys, got {type(data).__name__}", file=file
@@ -199,6 +198,27 @@ def load_fleet_yaml(text: str, file: str = "fleet.yaml") -> tuple[FleetYaml, lis
     return fleet, warnings
 
 
+def json_keys(value: Any) -> Any:
+    """``value`` with every map key a string, as Fleet's YAML-through-JSON reading makes it.
+
+    ``80: http`` in Helm values is the key ``"80"`` for Fleet and Helm; keys
+    must be strings for the values to travel on the bus too.
+    """
+    if isinstance(value, dict):
+        return {_key_text(k): json_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_keys(item) for item in value]
+    return value
+
+
+def _key_text(key: Any) -> str:
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if key is None:
+        return "null"
+    return str(key)
+
+
 def to_spec(name: str, fleet: FleetYaml, *, targets: Sequence[BundleTarget] = ()) -> BundleSpec:
     """The bundle a ``fleet.yaml`` describes, deployed to ``targets``.
 
@@ -213,17 +233,20 @@ def to_spec(name: str, fleet: FleetYaml, *, targets: Sequence[BundleTarget] = ()
         _customization(tc, index)
         for index, tc in enumerate((*fleet.targets, *fleet.target_customizations))
     ]
+    everywhere = BundleTarget(name="default", cluster_selector=LabelSelector())
     if fleet.override_targets is not None:
         restrictions = [_override(t) for t in fleet.override_targets]
     elif targets:
         restrictions = list(targets)
     else:
-        restrictions = [BundleTarget(name="default", cluster_selector=LabelSelector())]
+        restrictions = [everywhere]
+    # As in Fleet: with no target at all (``overrideTargets: []``), the bundle goes everywhere.
+    all_targets = (*customizations, *restrictions) or (everywhere,)
     try:
         return BundleSpec(
             name=fleet.name or name,
             options=_options(fleet),
-            targets=(*customizations, *restrictions),
+            targets=all_targets,
             target_restrictions=tuple(restrictions),
             labels=fleet.labels,
             depends_on=fleet.depends_on,

@@ -94,8 +94,7 @@ def render_values(
     if disable_pre_process:
         return out
     data = ctx.data()
-    rendered = _render_tree(out, data, path)
-    assert isinstance(rendered, dict)
+    rendered = _render_map(out, data, path)
     for key, text in (template_values or {}).items():
         where = f"helm.templateValues.{key}"
         output = render_template(text, data, field=where)
@@ -189,15 +188,19 @@ def _action_end(text: str, pos: int, field: str) -> int:
     raise TemplateError(f"{field}: unclosed action: no '}}' after '${{'", field=field)
 
 
+def _render_map(value: Mapping[str, Any], data: Mapping[str, Any], path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name = _render_key(key, data, f"{path}.{key}") if isinstance(key, str) else key
+        out[name] = _render_tree(item, data, f"{path}.{key}")
+    return out
+
+
 def _render_tree(value: Any, data: Mapping[str, Any], path: str) -> Any:
     if isinstance(value, str):
         return _render_scalar(value, data, path)
     if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            name = _render_key(key, data, f"{path}.{key}") if isinstance(key, str) else key
-            out[name] = _render_tree(item, data, f"{path}.{key}")
-        return out
+        return _render_map(value, data, path)
     if isinstance(value, list):
         return [_render_tree(item, data, f"{path}[{i}]") for i, item in enumerate(value)]
     return value

@@ -303,3 +303,15 @@ def test_style_follows_fleet() -> None:
 )
 def test_bundle_names_are_derived_as_fleet_derives_them(path: str, name: str) -> None:
     assert helm_release_name(path) == name
+
+
+def test_links_to_files_outside_the_tree_are_left_out(tmp_path: Path) -> None:
+    outside = write(tmp_path / "outside", {"secret.yaml": "password: x\n"})
+    root = write(tmp_path / "repo", {"a.yaml": DEPLOYMENT, "shared/b.yaml": DEPLOYMENT})
+    (root / "leak.yaml").symlink_to(outside / "secret.yaml")
+    (root / "alias.yaml").symlink_to(root / "shared" / "b.yaml")
+    (root / "linked-dir").symlink_to(outside, target_is_directory=True)
+
+    [bundle] = discover(root)
+
+    assert names(bundle) == ["a.yaml", "alias.yaml", "shared/b.yaml"]

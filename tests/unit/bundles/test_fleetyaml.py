@@ -399,3 +399,17 @@ def test_invalid_bundle_labels_and_names_are_refused_naming_the_file() -> None:
     fleet, _ = load("name: Web_App\n")
     with pytest.raises(FleetYamlError, match=r"invalid bundle name 'Web_App'"):
         to_spec("web", fleet)
+
+
+def test_map_keys_become_strings_as_fleet_reads_yaml_through_json() -> None:
+    fleet, _ = load("helm:\n  values:\n    ports: {80: http, true: yes}\n")
+
+    assert fleet.helm is not None
+    assert fleet.helm.values == {"ports": {"80": "http", "true": True}}
+
+
+def test_empty_override_targets_with_no_customization_deploy_everywhere() -> None:
+    spec = spec_of("overrideTargets: []\n")
+
+    assert spec.target_restrictions == ()
+    assert resolve(spec, env="any") is not None
