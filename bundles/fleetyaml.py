@@ -71,7 +71,11 @@ class CorrectDrift(_Model):
 
 
 class TargetCustomization(_Model):
-    """One entry of ``targetCustomizations``: which clusters, and what changes for them."""
+    """One entry of ``targetCustomizations``: which clusters, and what changes for them.
+
+    ``deleteNamespace`` and ``ignore`` are read but, as in Fleet's merge of a
+    customization, only the bundle-level values count.
+    """
 
     name: str = ""
     cluster_selector: LabelSelector | None = Field(default=None, alias="clusterSelector")
@@ -108,7 +112,11 @@ class OverrideTarget(_Model):
 
 
 class FleetYaml(_Model):
-    """The content of a ``fleet.yaml``, field for field as Fleet defines it."""
+    """The content of a ``fleet.yaml``, field for field as Fleet defines it.
+
+    ``targets`` (Fleet's inline bundle spec allows it) act as customizations
+    placed before ``targetCustomizations``, which is where Fleet puts them.
+    """
 
     name: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
