@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from benchmarks import failover, harness, heartbeat, multiproc, reconnect, rollout
+from benchmarks import failover, footprint, harness, heartbeat, multiproc, reconnect, rollout
 from shoal_cli import logs
 
 DEFAULT_CLUSTERS = 1000
@@ -29,6 +29,7 @@ DEFAULT_CLASSES = 4
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_WINDOW = 10.0
 DEFAULT_HEARTBEAT_INTERVAL = 0.5
+DEFAULT_BUNDLES = 10
 HARNESS_LOG_LEVEL = "warning"
 
 Scenario = Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]]
@@ -64,6 +65,10 @@ async def _heartbeat(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+async def _footprint(args: argparse.Namespace) -> dict[str, Any]:
+    return await footprint.run(bundles=args.bundles, window=args.window, timeout=args.timeout)
+
+
 SCENARIOS: dict[str, tuple[Scenario, str]] = {
     "rollout": (
         _rollout,
@@ -86,6 +91,11 @@ SCENARIOS: dict[str, tuple[Scenario, str]] = {
         _heartbeat,
         "steady state, no changes: heartbeats ingested per second by the control plane "
         "and its CPU seconds over a window",
+    ),
+    "footprint": (
+        _footprint,
+        "one real agent process on the kubernetes backend (an emulated API server) holding "
+        "--bundles Ready bundles: its idle RSS and CPU over --window seconds (goal 60 MB)",
     ),
 }
 
@@ -146,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         "1: the fleet runs in this process and every figure is measured)",
     )
     parser.add_argument(
+        "--bundles",
+        type=int,
+        default=DEFAULT_BUNDLES,
+        metavar="B",
+        help=f"footprint: bundles the agent holds (default {DEFAULT_BUNDLES})",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print the result as one JSON object, the last line"
     )
     parser.add_argument(
@@ -174,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     result["wall_seconds"] = round(time.monotonic() - started, 1)
     result["machine"] = harness.machine_facts()
     result["ok"] = not result.get("errors")
+    size = args.bundles if args.scenario == "footprint" else args.clusters
     path = harness.write_results(
-        result, scenario=args.scenario, clusters=args.clusters, directory=args.results_dir
+        result, scenario=args.scenario, clusters=size, directory=args.results_dir
     )
     harness.say(f"result written to {path}")
     if args.json:
