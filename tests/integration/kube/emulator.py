@@ -542,9 +542,18 @@ class ApiServer(kmock.KubernetesScaffold):
         return copy.deepcopy(obj)
 
 
+def replicas_not_negative(obj: dict[str, Any]) -> str | None:
+    """The API's own check of ``spec.replicas``, one a standalone server applies."""
+    replicas = (obj.get("spec") or {}).get("replicas")
+    if isinstance(replicas, int) and replicas < 0:
+        return f"spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"
+    return None
+
+
 async def serve(port: int, *, rollout: bool) -> None:
     """Serve an emulated cluster on 127.0.0.1:``port`` until cancelled."""
-    async with ApiServer(rollout=rollout) as server, kmock.Server(server, port=port):
+    server_ = ApiServer(rollout=rollout, validators=[replicas_not_negative])
+    async with server_ as server, kmock.Server(server, port=port):
         print(f"serving {str(server.url).rstrip('/')}", flush=True)
         await asyncio.Event().wait()
 
