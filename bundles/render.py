@@ -97,9 +97,14 @@ def render(
     with tempfile.TemporaryDirectory(prefix="shoal-render-") as tmp:
         root = Path(tmp)
         materialize(resources, root)
-        if kind == HELM:
-            return _render_helm(root, options, bundle=bundle, cluster=cluster, kube=kube_version)
-        return _render_kustomize(root, options)
+        try:
+            if kind == HELM:
+                return _render_helm(
+                    root, options, bundle=bundle, cluster=cluster, kube=kube_version
+                )
+            return _render_kustomize(root, options)
+        except BundleError as exc:
+            raise _relative(exc, root) from exc
 
 
 def render_placed(
@@ -200,6 +205,15 @@ def place(parsed: Iterable[ParsedObject], options: DeploymentOptions) -> tuple[d
                 meta["namespace"] = options.default_namespace or DEFAULT_NAMESPACE
         objects.append(obj)
     return tuple(objects)
+
+
+def _relative(exc: BundleError, root: Path) -> BundleError:
+    """The engine's error with the scratch directory left out: paths as in the bundle."""
+
+    def strip(text: str) -> str:
+        return text.replace(f"{root}/", "").replace(str(root), ".")
+
+    return type(exc)(strip(str(exc)), file=strip(exc.file), field=exc.field)
 
 
 def _kustomize_dir(options: DeploymentOptions) -> str:

@@ -187,11 +187,12 @@ class Fleet:
             resources = codec.decode_resources(data)
         except DecodeError as exc:
             raise BundleInvalid(f"bundle {spec.name!r}: unreadable resources: {exc}") from exc
-        sources.validate(resources, origin=spec.name)
+        old = self.bundles.get(spec.name)
+        if old is None or old.spec != spec or old.manifest_id != request.manifest_id:
+            await asyncio.to_thread(sources.validate_bundle, spec, resources)
         for group in {t.cluster_group for t in spec.targets if t.cluster_group}:
             if group not in self.groups:
                 log.warning("bundle.target.unknown_group", bundle=spec.name, group=group)
-        old = self.bundles.get(spec.name)
         changed = old is None or old.spec != spec or old.manifest_id != request.manifest_id
         if changed:
             now = time.time()

@@ -2,17 +2,20 @@
 
 ``shoal apply DIR`` reads every ``*.yaml``/``*.yml`` file under DIR (hidden
 files and directories skipped), validates each object, and refuses the whole
-directory if any file is bad, naming the file, document and field. Later
-sources (fleet.yaml, Helm, Kustomize, git) plug in here.
+directory if any file is bad, naming the file, document and field. Bundles
+of any kind (fleet.yaml, Helm, Kustomize, overlays) are checked by rendering
+every variant once: :func:`validate_bundle`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from bundles.build import check
+from bundles.errors import BundleError
 from controlplane.errors import BundleInvalid
 from protocol.manifests import MANIFEST_SUFFIXES, ManifestError, parse_resources
-from protocol.models import BundleResource
+from protocol.models import BundleResource, BundleSpec
 
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 
@@ -43,6 +46,21 @@ def read_directory(root: Path) -> list[BundleResource]:
         raise BundleInvalid(f"{root}: no *.yaml or *.yml files found")
     validate(resources, origin=str(root))
     return resources
+
+
+def validate_bundle(spec: BundleSpec, resources: list[BundleResource]) -> int:
+    """Render every variant of the bundle once (Helm, Kustomize, overlays, templates).
+
+    Returns how many objects its own options render; raises :class:`BundleInvalid`
+    naming the bundle, the file and the cause. Runs engines: call it in a thread.
+    """
+    try:
+        count = check(spec, resources)
+    except BundleError as exc:
+        raise BundleInvalid(f"bundle {spec.name!r}: {exc}") from exc
+    if not count:
+        raise BundleInvalid(f"bundle {spec.name!r}: the files render no Kubernetes objects")
+    return count
 
 
 def validate(resources: list[BundleResource], *, origin: str = "") -> int:

@@ -84,6 +84,7 @@ class Agent:
             blobs=blobs or Blobs(blob_cache, bus, timeout=settings.blob_timeout),
             settings=settings,
             cluster=name,
+            context=ClusterContext(name=name, labels=self.labels, annotations=self.annotations),
             parsed=parsed or ParseCache(),
         )
         self.reporter = Reporter(bus, self.reconciler, settings)

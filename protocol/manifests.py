@@ -17,7 +17,7 @@ import yaml
 from protocol.errors import ProtocolError
 from protocol.models import BundleResource
 
-MANIFEST_SUFFIXES = (".yaml", ".yml")
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")  # JSON is YAML too
 
 # libyaml's parser when PyYAML was built with it: the same documents, several
 # times faster, which matters for a process that renders for many clusters.
