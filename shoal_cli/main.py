@@ -17,7 +17,16 @@ from typing import Any
 
 from controlplane.errors import ControlPlaneError
 from protocol.errors import ProtocolError
-from shoal_cli import admin_cmds, agent_cmd, demo_cmd, gitrepo_cmds, logs, output, server_cmd
+from shoal_cli import (
+    admin_cmds,
+    agent_cmd,
+    bundle_cmds,
+    demo_cmd,
+    gitrepo_cmds,
+    logs,
+    output,
+    server_cmd,
+)
 from shoal_cli.errors import CliError
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -90,14 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     apply = commands.add_parser(
         "apply",
-        help="create or update a bundle from a directory of manifests",
-        description="Read every *.yaml/*.yml file under DIR (multi-document files allowed) "
-        "into the bundle NAME and deploy it to the clusters its targets select. Re-applying "
-        "unchanged content does nothing; changed content rolls out a new deployment ID. A bad "
-        "file rejects the whole bundle and nothing changes.",
+        help="create or update bundles from a directory (manifests, fleet.yaml, Helm, Kustomize)",
+        description="Read DIR as Fleet reads a repository: each directory holding a fleet.yaml "
+        "is a bundle (its Helm chart, kustomization or manifests, overlays and target "
+        "customizations); without any fleet.yaml, DIR's own manifests, Chart.yaml or "
+        "kustomization.yaml are one bundle. Charts from URLs, Helm repositories or OCI are "
+        "downloaded into the bundle. Every variant is rendered before anything is sent: a bad "
+        "file, chart, template or patch rejects the whole directory, naming the file, and "
+        "nothing changes. Re-applying unchanged content does nothing; changed content rolls "
+        "out a new deployment ID.",
     )
-    apply.add_argument("dir", metavar="DIR", help="directory holding the manifests")
-    apply.add_argument("--name", required=True, help="bundle name (a DNS label)")
+    apply.add_argument("dir", metavar="DIR", help="directory to read")
+    apply.add_argument(
+        "--name",
+        help="bundle name when DIR is one bundle; with several, the prefix of their names "
+        "(default: DIR's name)",
+    )
+    apply.add_argument("--paths", metavar="P1,P2", help="only these paths under DIR")
     apply.add_argument(
         "--namespace",
         metavar="NS",
@@ -113,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="SELECTOR",
         help="label selector in kubectl -l syntax, e.g. 'env=prod,region notin (us)'; "
-        "repeat for several targets (first match wins); none means every cluster",
+        "repeat for several targets; only clusters some target selects get the bundles "
+        "(fleet.yaml's targetCustomizations then customize them); none means every cluster",
     )
     apply.add_argument(
         "--correct-drift", action="store_true", help="re-apply resources modified on a cluster"
@@ -127,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", choices=["text", "json"], default="text", help="output format"
     )
     _client(apply)
-    apply.set_defaults(func=admin_cmds.apply)
+    apply.set_defaults(func=bundle_cmds.apply)
+    bundle_cmds.add_target_parser(commands)
 
     status = commands.add_parser(
         "status",
