@@ -43,6 +43,13 @@ FLEET_YAML = "defaultNamespace: apps\n"
 SHOAL = str(Path(sys.executable).parent / "shoal")
 
 
+@pytest.fixture(autouse=True)
+def _default_logging() -> None:
+    """structlog as unconfigured: a test that ran ``shoal`` in-process (``main()`` configures
+    logging) leaves it caching loggers on that test's closed capture stream."""
+    structlog.reset_defaults()
+
+
 @pytest.fixture
 def cp_settings(nats_server: EmbeddedNats, tmp_path: Path) -> ServerSettings:
     return ServerSettings(
