@@ -14,14 +14,11 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bundles.build import BuildResult, BuiltBundle, build_bundles
 from bundles.errors import BundleError
-from bundles.render import render_placed
-from bundles.templating import ClusterContext
 from protocol import admin, codec, ids
 from protocol.errors import ProtocolError
 from protocol.models import BundleTarget, DeploymentOptions
@@ -29,6 +26,13 @@ from protocol.selectors import parse_labels, parse_selector
 from shoal_cli import output
 from shoal_cli.client import AdminClient
 from shoal_cli.errors import CliError, UsageError
+
+if TYPE_CHECKING:
+    from bundles.build import BuildResult, BuiltBundle
+    from bundles.templating import ClusterContext
+
+# The engines and chart fetching are imported by the commands that use them:
+# `shoal agent` shares this entry point and keeps its memory for the agent.
 
 
 def _targets(selectors: list[str]) -> tuple[BundleTarget, ...]:
@@ -43,6 +47,8 @@ def _targets(selectors: list[str]) -> tuple[BundleTarget, ...]:
 
 
 def _build(args: argparse.Namespace, *, validate: bool) -> BuildResult:
+    from bundles.build import build_bundles  # noqa: PLC0415
+
     root = Path(args.dir)
     if not root.is_dir():
         raise CliError(
@@ -78,7 +84,7 @@ def _with_flags(bundle: BuiltBundle, args: argparse.Namespace) -> BuiltBundle:
         return bundle
     options = bundle.spec.options.model_copy(update=changes)
     spec = bundle.spec.model_copy(update={"options": options})
-    return BuiltBundle(bundle.path, spec, bundle.resources)
+    return type(bundle)(bundle.path, spec, bundle.resources)
 
 
 async def apply(args: argparse.Namespace) -> int:
@@ -113,6 +119,8 @@ async def target(args: argparse.Namespace) -> int:
         labels = parse_labels(args.labels or "")
     except ProtocolError as exc:
         raise UsageError(f"-l {args.labels!r}: {exc}") from exc
+    from bundles.templating import ClusterContext  # noqa: PLC0415
+
     result = await asyncio.to_thread(_build, args, validate=False)
     cluster = ClusterContext(
         name=args.cluster_name, namespace=args.cluster_namespace, labels=labels
@@ -134,6 +142,8 @@ async def target(args: argparse.Namespace) -> int:
 def _render(
     bundle: BuiltBundle, options: DeploymentOptions, cluster: ClusterContext
 ) -> list[dict[str, Any]]:
+    from bundles.render import render_placed  # noqa: PLC0415
+
     try:
         objects = render_placed(bundle.resources, options, bundle=bundle.spec.name, cluster=cluster)
     except BundleError as exc:

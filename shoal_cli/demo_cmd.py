@@ -21,11 +21,8 @@ from typing import Any
 import structlog
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from controlplane.server import ControlPlane
 from controlplane.settings import ServerSettings
-from controlplane.sources import read_directory
 from edgeagent.settings import AgentSettings
-from edgeagent.simfleet import SimulatedFleet
 from protocol import admin, codec, ids
 from protocol.models import BundleSpec, BundleTarget
 from protocol.selectors import LabelSelector
@@ -84,6 +81,8 @@ def demo_labels(index: int) -> dict[str, str]:
 
 
 async def _apply_sample(client: AdminClient) -> str:
+    from controlplane.sources import read_directory  # noqa: PLC0415 (see run)
+
     resources = read_directory(SAMPLE)
     blob = codec.encode_resources(resources)
     manifest = ids.manifest_id_of_blob(blob)
@@ -104,6 +103,11 @@ async def _ready(client: AdminClient) -> int:
 
 
 async def run(args: argparse.Namespace) -> int:
+    # Imported here: `shoal agent` shares this entry point and must not carry the
+    # control plane's or the simulator's modules in its memory.
+    from controlplane.server import ControlPlane  # noqa: PLC0415
+    from edgeagent.simfleet import SimulatedFleet  # noqa: PLC0415
+
     if args.clusters < 1:
         raise UsageError("--clusters must be at least 1")
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="shoal-demo-"))

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from controlplane.server import run_server
 from controlplane.settings import ServerSettings
 
 
@@ -70,5 +69,9 @@ async def run(args: argparse.Namespace) -> int:
         git_cache_dir=args.git_cache_dir,
         webhook_listen=args.webhook_listen,
     )
+    # Imported here: `shoal agent` shares this entry point and must not carry the
+    # control plane's modules in its memory.
+    from controlplane.server import run_server  # noqa: PLC0415
+
     await run_server(settings)
     return 0

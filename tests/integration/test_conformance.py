@@ -11,6 +11,7 @@ read where it lies and never copied; without it these tests skip.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shoal_cli.main import main
+from shoal_cli.main import build_parser
 
 EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared/conformance/fleet-examples"
 EXPECTED = EXAMPLES / "tests/expected"
@@ -61,7 +62,11 @@ def comparable(objects: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
 
 
 def shoal_target(case: str, env: str, capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
-    code = main(["target", str(EXAMPLES / case), "-l", f"env={env}", "-o", "json"])
+    # The command itself, without main()'s process-wide logging set-up.
+    args = build_parser().parse_args(
+        ["target", str(EXAMPLES / case), "-l", f"env={env}", "-o", "json"]
+    )
+    code = asyncio.run(args.func(args))
     captured = capsys.readouterr()
     assert code == 0, captured.err
     documents: list[dict[str, Any]] = json.loads(captured.out)
