@@ -33,7 +33,7 @@ own applies echoed back, status churn) wake nobody.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,21 @@ class _Applied:
     compare_patches: tuple[ComparePatch, ...]
     items: dict[ObjectKey, Item]
     verdicts: dict[ObjectKey, _Verdict] = field(default_factory=dict)
+    # Fleet's ignore.conditions: conditions left out of readiness
+    ignore_conditions: tuple[dict[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, deployment: Deployment, items: Iterable[Item]) -> _Applied:
+        options = deployment.options
+        return cls(
+            deployment.deployment_id,
+            options.diff.compare_patches if options.diff else (),
+            {item.key: item for item in items},
+            ignore_conditions=options.ignore.conditions if options.ignore else (),
+        )
+
+    def not_ready(self, live: Mapping[str, Any]) -> str | None:
+        return readiness.assess(live, ignore_conditions=self.ignore_conditions)
 
 
 class KubeBackend:
@@ -130,12 +145,7 @@ class KubeBackend:
             await self._delete(bundle, dropped)
             bound.info("kube.pruned", objects=len(dropped))
         await self._inventory.write(bundle, deployment.deployment_id, plan.keys)
-        diff = deployment.options.diff
-        self._applied[bundle] = _Applied(
-            deployment.deployment_id,
-            diff.compare_patches if diff else (),
-            {item.key: item for item in plan.items},
-        )
+        self._applied[bundle] = _Applied.of(deployment, plan.items)
         self._watch.ensure(self._watched())
         bound.info("kube.applied", objects=len(plan.items), forced=force)
 
@@ -155,12 +165,7 @@ class KubeBackend:
         try:
             if held is None or held.deployment_id != deployment.deployment_id:
                 plan = await self._applier.plan(deployment)
-                diff = deployment.options.diff
-                held = _Applied(
-                    deployment.deployment_id,
-                    diff.compare_patches if diff else (),
-                    {item.key: item for item in plan.items},
-                )
+                held = _Applied.of(deployment, plan.items)
             items = list(held.items.values())
             lives = await asyncio.gather(*(self._read(item) for item in items))
         except ApiError as exc:
@@ -175,7 +180,7 @@ class KubeBackend:
                 modified.append(condition_of(item.obj, "deleted"))
             elif changed:
                 modified.append(condition_of(item.obj, "modified: " + ", ".join(changed)))
-            elif live is not None and (not_ready := readiness.assess(live)) is not None:
+            elif live is not None and (not_ready := held.not_ready(live)) is not None:
                 non_ready.append(condition_of(item.obj, not_ready))
         if modified:
             return Observation(state=State.MODIFIED, modified=tuple(modified))
@@ -243,7 +248,7 @@ class KubeBackend:
             return
         live = None if kind == "DELETED" else obj
         drifted = bool(drift.differences(item.obj, live, compare_patches=held.compare_patches))
-        ready = live is not None and readiness.assess(live) is None
+        ready = live is not None and held.not_ready(live) is None
         before = held.verdicts.get(item.key)
         held.verdicts[item.key] = (drifted, ready)
         if before == (drifted, ready) or (before is None and not drifted):

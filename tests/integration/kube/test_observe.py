@@ -138,3 +138,34 @@ async def test_unchanged_cluster_stays_ready_across_observations_and_status_chur
         states.append((await backend.observe(web)).state)
 
     assert states == [State.READY] * 5
+
+
+def ingress(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}},
+    }
+
+
+async def test_ignore_conditions_leave_a_condition_out_of_readiness(
+    api: ApiServer, backend: KubeBackend
+) -> None:
+    """Fleet's ignore.conditions: a controller's condition the operator chose not to wait for."""
+    waiting = {"conditions": [{"type": "Ready", "status": "False", "reason": "NoAddress"}]}
+    strict = deployment("edge", ingress("edge"))
+    await backend.apply(strict)
+    await api.set_status("networking.k8s.io/v1/ingresses", "default", "edge", waiting)
+    seen = await backend.observe(strict)
+    assert seen.state == State.NOT_READY and seen.non_ready[0].name == "edge"
+
+    lenient = deployment(
+        "edge",
+        ingress("edge"),
+        deployment_id="m1:o2",
+        ignore={"conditions": ({"type": "Ready", "status": "False"},)},
+    )
+    await backend.apply(lenient)
+    await api.set_status("networking.k8s.io/v1/ingresses", "default", "edge", waiting)
+    assert (await backend.observe(lenient)).state == State.READY
