@@ -292,13 +292,13 @@ class Api:
 
     async def git_secret_set(self, data: bytes, subject: str) -> WireMessage:
         request = codec.decode(data, admin.GitSecretSet)
-        await self.gitrepos.set_secret(request.name, request.credentials)
+        await self.gitrepos.secrets.set(request.name, request.credentials)
         return admin.Ok()
 
     async def git_secret_delete(self, data: bytes, subject: str) -> WireMessage:
-        await self.gitrepos.delete_secret(codec.decode(data, admin.GitSecretDelete).name)
+        await self.gitrepos.secrets.delete(codec.decode(data, admin.GitSecretDelete).name)
         return admin.Ok()
 
     async def git_secret_list(self, data: bytes, subject: str) -> WireMessage:
         codec.decode(data, admin.GitSecretList)
-        return await self.gitrepos.list_secrets()
+        return await self.gitrepos.secrets.list()

@@ -7,23 +7,19 @@ holding the ``leader`` lease, which also publishes desired state) polls: a
 scheduler starts a poll when a gitrepo's interval has passed, when its spec
 changed, or when a webhook or another replica asks (``shoal.v1.internal.gitpoll``).
 
-A poll asks the remote which commit the branch (tag, ``HEAD``) points at.
-A new commit, or a changed spec, is checked out and built into bundles; if
-every bundle is valid they are applied together and the gitrepo's bundles the
-commit no longer has are deleted. A commit that fails leaves the deployed one
-in place and its error (file and cause) in the status, and is not retried
-until the branch moves or the spec changes. An unreachable remote is an error
-too, retried at the next interval.
+What one poll does is :mod:`controlplane.gitpoll`'s: a new commit becomes
+bundles deployed all together, or an error (file and cause) in the status
+while the previous commit stays deployed. Credentials are
+:mod:`controlplane.gitsecrets`'s; the git command line is
+:mod:`controlplane.gitsync`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import structlog
 from nats.aio.client import Client
@@ -32,17 +28,18 @@ from nats.js.errors import KeyNotFoundError, KeyValueError, NoKeysError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict
 
-from bundles.charts import ChartCache
-from controlplane.errors import BundleInvalid, NotFound, RequestRejected
+from controlplane.errors import NotFound, RequestRejected
 from controlplane.fleet import Fleet
-from controlplane.gitdeploy import BuiltCommit, Deployer, build_commit
-from controlplane.gitsync import GitError, GitSource
+from controlplane.gitdeploy import Deployer
+from controlplane.gitpoll import Poller
+from controlplane.gitsecrets import GitSecrets
+from controlplane.gitsync import GitSource
 from controlplane.settings import ServerSettings
 from controlplane.streams import GitStores
 from controlplane.watch import BucketFollower
 from protocol import admin, codec, subjects
 from protocol.errors import DecodeError
-from protocol.gitrepos import GitCredentials, GitRepoSpec, GitRepoStatus, validate_secret_name
+from protocol.gitrepos import GitRepoSpec, GitRepoStatus
 from protocol.states import State
 
 log = structlog.get_logger(__name__)
@@ -74,10 +71,8 @@ class GitRepos:
     ) -> None:
         self._nc = nc
         self._stores = stores
-        self._fleet = fleet
         self._deployer = deployer
         self._git = git
-        self._settings = settings
         self.repos: dict[str, StoredGitRepo] = {}
         self.statuses: dict[str, GitRepoStatus] = {}
         self.leader = False
@@ -86,7 +81,15 @@ class GitRepos:
         self._locks: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.git_max_concurrent_polls)
-        self._charts = ChartCache(settings.git_cache_path / "charts")
+        self.secrets = GitSecrets(stores.secrets, users=self.users_of, on_change=self.request_poll)
+        self._poller = Poller(
+            git=git,
+            deployer=deployer,
+            fleet=fleet,
+            secrets=self.secrets,
+            checkouts=settings.git_cache_path / "checkouts",
+            save=self._save,
+        )
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -135,7 +138,9 @@ class GitRepos:
             return
         self.leader = leader
         if leader:  # a new leader polls everything at once, from the statuses in KV
-            self.statuses = await self._read_statuses()
+            statuses = await self._read_statuses()
+            self.statuses.clear()
+            self.statuses.update(statuses)
             self._due.clear()
         self._wake.set()
 
@@ -202,7 +207,7 @@ class GitRepos:
 
     async def set(self, spec: GitRepoSpec) -> admin.GitRepoSetReply:
         if spec.auth_secret:
-            await self._credentials(spec)  # refuse a secret that does not exist
+            await self.secrets.get(spec.auth_secret)  # refuse a secret that does not exist
         try:
             entry: KeyValue.Entry | None = await self._stores.repos.get(spec.name)
         except KeyNotFoundError:
@@ -283,58 +288,8 @@ class GitRepos:
             )
         return admin.GitRepoListReply(repos=tuple(out))
 
-    async def set_secret(self, name: str, credentials: GitCredentials) -> None:
-        validate_secret_name(name)
-        await self._stores.secrets.put(name, credentials.model_dump_json().encode())
-        log.info("gitrepo.secret.set", secret=name, kind=credentials.kind)
-        users = [r for r, s in self.repos.items() if s.spec.auth_secret == name]
-        await self.request_poll(users)  # new credentials may fix a failing poll
-
-    async def delete_secret(self, name: str) -> None:
-        users = sorted(r for r, s in self.repos.items() if s.spec.auth_secret == name)
-        if users:
-            raise RequestRejected(f"git secret {name!r} is used by gitrepo {', '.join(users)}")
-        try:
-            await self._stores.secrets.get(name)
-        except KeyNotFoundError:
-            raise NotFound(f"no git secret named {name!r}") from None
-        await self._stores.secrets.delete(name)
-        log.info("gitrepo.secret.deleted", secret=name)
-
-    async def list_secrets(self) -> admin.GitSecretListReply:
-        try:
-            keys = sorted(await self._stores.secrets.keys())
-        except NoKeysError:
-            keys = []
-        out = []
-        for key in keys:
-            try:
-                entry = await self._stores.secrets.get(key)
-            except KeyNotFoundError:
-                continue
-            credentials = GitCredentials.model_validate_json(entry.value or b"{}")
-            users = sorted(r for r, s in self.repos.items() if s.spec.auth_secret == key)
-            out.append(
-                admin.GitSecretInfo(
-                    name=key,
-                    kind=credentials.kind,
-                    username=credentials.username,
-                    used_by=tuple(users),
-                )
-            )
-        return admin.GitSecretListReply(secrets=tuple(out))
-
-    async def _credentials(self, spec: GitRepoSpec) -> GitCredentials | None:
-        if not spec.auth_secret:
-            return None
-        try:
-            entry = await self._stores.secrets.get(spec.auth_secret)
-        except KeyNotFoundError:
-            raise NotFound(
-                f"no git secret named {spec.auth_secret!r}; create it with "
-                f"`shoal gitrepo secret set {spec.auth_secret} ...`"
-            ) from None
-        return GitCredentials.model_validate_json(entry.value or b"{}")
+    def users_of(self, secret: str) -> list[str]:
+        return sorted(r for r, s in self.repos.items() if s.spec.auth_secret == secret)
 
     # -- polling -------------------------------------------------------------
 
@@ -362,134 +317,26 @@ class GitRepos:
         """Look at the remote once and deploy what changed."""
         async with self._lock(name):
             stored = self.repos.get(name)
-            if stored is not None:
-                await self._poll(name, stored)
-
-    async def _poll(self, name: str, stored: StoredGitRepo) -> None:
-        spec, generation = stored.spec, stored.generation
-        bound = log.bind(gitrepo=name)
-        status = self.statuses.get(name, GitRepoStatus()).model_copy(
-            update={"last_poll_at": time.time(), "observed_generation": generation}
-        )
-        try:
-            credentials = await self._credentials(spec)
-            commit = await self._git.resolve(
-                spec.repo, branch=spec.branch, revision=spec.revision, credentials=credentials
-            )
-        except (GitError, NotFound) as exc:
-            if status.error != str(exc):
-                bound.warning("gitrepo.poll.failed", error=str(exc))
-            failed = {"error": str(exc), "error_commit": "", "error_generation": generation}
-            await self._save(name, status.model_copy(update=failed))
-            return
-        status = status.model_copy(update={"commit": commit})
-        if (
-            commit == status.deployed_commit
-            and generation == status.deployed_generation
-            and all(b in self._fleet.bundles for b in status.bundles)
-        ):
-            cleared = {"error": "", "error_commit": "", "error_generation": 0}
-            await self._save(name, status.model_copy(update=cleared))
-            return
-        if commit == status.error_commit and generation == status.error_generation:
-            await self._save(name, status)  # a commit that failed: wait for the next one
-            return
-        bound = bound.bind(commit=commit[:12])
-        owned = tuple(dict.fromkeys((*status.bundles, *status.applying)))
-        try:
-            built = await self._build(name, spec, commit, credentials)
-            self._check_owners(name, built, owned)
-        except GitError as exc:  # the fetch failed: retried at the next interval
-            bound.warning("gitrepo.fetch.failed", error=str(exc))
-            failed = {"error": str(exc), "error_commit": "", "error_generation": generation}
-            await self._save(name, status.model_copy(update=failed))
-            return
-        except BundleInvalid as exc:
-            await self._reject(name, status, commit, generation, exc)
-            return
-        current = self.repos.get(name)
-        if current is None or current.generation != generation:
-            return  # deleted or changed meanwhile: the next poll deals with it
-        await self._save(name, status.model_copy(update={"applying": tuple(built.names)}))
-        try:
-            gone = await self._deployer.deploy(built, previous=owned)
-        except RequestRejected as exc:
-            await self._reject(name, status, commit, generation, exc)
-            return
-        except Exception as exc:  # the bus: the previous version was restored; retry later
-            bound.warning("gitrepo.deploy.failed", error=repr(exc))
-            failed = {"error": f"deploying failed: {exc}", "error_commit": ""}
-            await self._save(name, status.model_copy(update=failed))
-            return
-        deployed = status.model_copy(
-            update={
-                "deployed_commit": commit,
-                "deployed_generation": generation,
-                "deployed_at": time.time(),
-                "bundles": tuple(built.names),
-                "applying": (),
-                "error": "",
-                "error_commit": "",
-                "error_generation": 0,
-                "warnings": tuple(built.warnings),
+            if stored is None:
+                return
+            others = {
+                bundle: other
+                for other, status in self.statuses.items()
+                if other != name
+                for bundle in (*status.bundles, *status.applying)
             }
-        )
-        await self._save(name, deployed)
-        bound.info("gitrepo.deployed", bundles=built.names, deleted=gone)
-        if name not in self.repos:  # deleted while we deployed: undo
-            await self._deployer.delete(built.names)
-            await self._stores.status.delete(name)
-            self.statuses.pop(name, None)
-
-    async def _reject(
-        self,
-        name: str,
-        status: GitRepoStatus,
-        commit: str,
-        generation: int,
-        exc: Exception,
-    ) -> None:
-        """The commit cannot be deployed: keep what runs, record why, wait for the next."""
-        log.warning("gitrepo.commit.rejected", gitrepo=name, commit=commit[:12], error=str(exc))
-        failed = {
-            "error": str(exc),
-            "error_commit": commit,
-            "error_generation": generation,
-            "applying": (),
-        }
-        await self._save(name, status.model_copy(update=failed))
-
-    async def _build(
-        self, name: str, spec: GitRepoSpec, commit: str, credentials: GitCredentials | None
-    ) -> BuiltCommit:
-        checkouts = self._settings.git_cache_path / "checkouts"
-        checkouts.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=checkouts, prefix=f"{name}-") as tmp:
-            root = Path(tmp)
-            await self._git.checkout(
-                spec.repo, commit, root, cache_key=name, credentials=credentials
+            deployed = await self._poller.poll(
+                name,
+                stored.spec,
+                stored.generation,
+                self.statuses.get(name, GitRepoStatus()),
+                others=others,
+                current=lambda: r.generation if (r := self.repos.get(name)) else None,
             )
-            return await asyncio.to_thread(build_commit, root, spec, commit, charts=self._charts)
-
-    def _check_owners(self, name: str, built: BuiltCommit, owned: Iterable[str]) -> None:
-        mine = set(owned)
-        others = {
-            bundle: other
-            for other, status in self.statuses.items()
-            if other != name
-            for bundle in (*status.bundles, *status.applying)
-        }
-        for bundle in built.names:
-            if bundle in others:
-                raise BundleInvalid(
-                    f"bundle {bundle!r} belongs to gitrepo {others[bundle]!r}; "
-                    "two gitrepos cannot deploy the same bundle name"
-                )
-            if bundle in self._fleet.bundles and bundle not in mine:
-                raise BundleInvalid(
-                    f"bundle {bundle!r} exists already and was not created by this gitrepo "
-                    f"(`shoal delete bundle {bundle}` to let the gitrepo take it over)"
-                )
+            if deployed is not None and name not in self.repos:  # deleted meanwhile: undo
+                await self._deployer.delete(deployed)
+                await self._stores.status.delete(name)
+                self.statuses.pop(name, None)
 
     async def _save(self, name: str, status: GitRepoStatus) -> None:
         if name not in self.repos:
