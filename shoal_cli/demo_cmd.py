@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from controlplane.settings import ServerSettings
 from edgeagent.settings import AgentSettings
@@ -111,12 +110,11 @@ async def run(args: argparse.Namespace) -> int:
     if args.clusters < 1:
         raise UsageError("--clusters must be at least 1")
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="shoal-demo-"))
-    console = output.err_console()
     started = time.monotonic()
     try:
         settings = ServerSettings(data_dir=data_dir, port=0)
         async with ControlPlane(settings) as plane:
-            console.print(f"shoal demo: control plane on {plane.url}")
+            output.note(f"shoal demo: control plane on {plane.url}")
             async with AdminClient(plane.url) as client:
                 token = (
                     await client.admin(
@@ -131,18 +129,18 @@ async def run(args: argparse.Namespace) -> int:
                     connections=max(1, min(8, args.clusters // AGENTS_PER_CONNECTION + 1)),
                     labels_for=demo_labels,
                 )
-                console.print(f"starting {args.clusters} simulated clusters ...")
+                output.note(f"starting {args.clusters} simulated clusters ...")
                 async with fleet:
                     if fleet.failed:
                         first = next(iter(fleet.failed.items()))
                         raise CliError(f"{len(fleet.failed)} agents failed to start: {first}")
                     registered = time.monotonic()
                     deployment = await _apply_sample(client)
-                    console.print(
+                    output.note(
                         f"{args.clusters} clusters registered in {registered - started:.1f} s; "
                         f"applied bundle {BUNDLE} ({deployment})"
                     )
-                    ready = await _converge(client, args, console, started)
+                    ready = await _converge(client, args, started)
                     seconds = round(time.monotonic() - started, 2)
                     if ready < args.clusters:
                         print(
@@ -161,7 +159,7 @@ async def run(args: argparse.Namespace) -> int:
                             )
                         )
                         return 0
-                    console.print(
+                    output.note(
                         f"all {ready} clusters Ready in {seconds} s. Try, in another shell:\n"
                         f"  shoal status --server {plane.url}\n"
                         f"  shoal clusters --server {plane.url} -l env=staging\n"
@@ -174,24 +172,17 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _converge(
-    client: AdminClient, args: argparse.Namespace, console: Any, started: float
-) -> int:
+async def _converge(client: AdminClient, args: argparse.Namespace, started: float) -> int:
     deadline = started + args.timeout
     ready = 0
-    with Progress(
-        TextColumn("[bold]Ready"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task("ready", total=args.clusters)
+    progress = output.Progress("Ready", args.clusters)
+    try:
         while time.monotonic() < deadline:
             ready = await _ready(client)
-            progress.update(task, completed=ready)
+            progress.update(ready, time.monotonic() - started)
             if ready >= args.clusters:
                 break
             await asyncio.sleep(POLL_INTERVAL)
+    finally:
+        progress.close()
     return ready

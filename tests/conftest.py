@@ -7,8 +7,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from controlplane.embedded import EmbeddedNats
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> None:
+    """Every test starts with structlog's defaults, whatever an earlier test configured.
+
+    A command run in-process configures logging for the process; left alone,
+    later tests would log into that test's (by then closed) captured stream.
+    """
+    structlog.reset_defaults()
 
 
 @pytest.fixture
