@@ -7,7 +7,9 @@ This is where a Fleet repository becomes what shoal stores and sends:
 2. a chart that ``helm.chart``/``helm.repo`` fetches from a URL, a Helm
    repository or an OCI registry is downloaded (cached by digest) and put
    inside the bundle under ``.charts/<digest>/``, as Fleet puts it inside its
-   Bundle, so agents at the edge never need to reach the internet;
+   Bundle, so agents at the edge never need to reach the internet; so are the
+   subcharts a chart's ``Chart.yaml`` declares but git does not hold
+   (``helm dependency update``, unless ``helm.disableDependencyUpdate``);
 3. every variant the bundle can deploy as (its own options, and each target
    customization's) is rendered once with the real engines. Any failure
    rejects the whole build, naming the bundle, the file and the cause, so a
@@ -24,14 +26,16 @@ from __future__ import annotations
 
 import base64
 import posixpath
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bundles.chartdeps import with_dependencies
 from bundles.charts import ChartCache, chart_files, is_remote
 from bundles.discovery import DiscoveredBundle, discover
 from bundles.errors import BundleError, TemplateError
-from bundles.render import render_placed
+from bundles.render import materialize, render_placed
 from bundles.templating import ClusterContext
 from protocol.models import (
     BundleResource,
@@ -106,8 +110,44 @@ def _build_one(
             helm = _embed(helm, resources, cache)
         customized.append(target.model_copy(update={"helm": helm}))
     spec = spec.model_copy(update={"options": options, "targets": tuple(customized)})
+    for helm in {
+        h.chart: h for h in _helm_options(spec) if not h.disable_dependency_update
+    }.values():
+        _vendor_dependencies(helm.chart or ".", resources, cache)
     ordered = [resources[name] for name in sorted(resources)]
     return BuiltBundle(found.path, spec, ordered)
+
+
+def _helm_options(spec: BundleSpec) -> list[HelmOptions]:
+    found = [spec.options.helm or HelmOptions()]
+    found += [spec.options.merged(t).helm or HelmOptions() for t in spec.targets if t.helm]
+    return found
+
+
+def _vendor_dependencies(
+    chart: str, resources: dict[str, BundleResource], cache: ChartCache
+) -> None:
+    """Chart.yaml's dependencies fetched into the chart's ``charts/``, as Fleet runs
+    ``helm dependency update`` when it reads a bundle; nothing happens for a chart
+    that keeps its subcharts in git, or for a bundle that is not a chart."""
+    chart_yaml = posixpath.normpath(posixpath.join(chart, "Chart.yaml"))
+    if chart_yaml not in resources:
+        return
+    with tempfile.TemporaryDirectory(prefix="shoal-deps-") as tmp:
+        root, work = Path(tmp) / "bundle", Path(tmp) / "work"
+        materialize(resources.values(), root)
+        work.mkdir()
+        chart_dir = root / posixpath.dirname(chart_yaml)
+        filled = with_dependencies(chart_dir, work, cache=cache)
+        if filled == chart_dir:
+            return
+        prefix = posixpath.dirname(chart_yaml)
+        for path in sorted((filled / "charts").rglob("*")):
+            if path.is_file():
+                name = posixpath.join(
+                    prefix, "charts", path.relative_to(filled / "charts").as_posix()
+                )
+                resources.setdefault(name, _resource(name, path.read_bytes()))
 
 
 def _embed(

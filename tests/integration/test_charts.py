@@ -24,11 +24,14 @@ from typing import Any
 import pytest
 import yaml
 
+from bundles.build import build_bundles
 from bundles.chartdeps import with_dependencies
 from bundles.charts import ChartCache, Credentials, chart_files, locate_chart
 from bundles.errors import ChartNotFound, HelmError
 from bundles.fetch import Limits
 from bundles.helm import render_chart
+from bundles.render import render_placed
+from bundles.templating import ClusterContext
 
 Reply = tuple[int, dict[str, str], bytes]
 Route = Callable[["Request"], Reply]
@@ -512,3 +515,40 @@ def test_declared_dependencies_are_fetched_into_a_copy_of_the_chart(
     with_dependencies(umbrella, tmp_path / "work2", cache=cache)
     assert server.hits("/packages/web-1.1.0.tgz") == 1  # the second time from the cache
     assert with_dependencies(ready, tmp_path / "work3", cache=cache) == ready
+
+
+def test_build_puts_remote_charts_and_subcharts_inside_the_bundle(
+    serve: Callable[[], Server], tmp_path: Path
+) -> None:
+    """Agents at the edge never reach the internet: everything travels in the bundle."""
+    server = serve()
+    publish(server, "/stable", {v: chart_archive("web", v) for v in ["1.0.0", "1.4.0", "2.0.0"]})
+    repo = tmp_path / "repo"
+    (repo / "remote").mkdir(parents=True)
+    (repo / "remote" / "fleet.yaml").write_text(
+        f"helm:\n  repo: {server.url}/stable\n  chart: web\n  version: ^1.0\n"
+        "  values:\n    greeting: hi\n"
+    )
+    umbrella = repo / "umbrella"
+    (umbrella / "templates").mkdir(parents=True)
+    (umbrella / "fleet.yaml").write_text("namespace: shop\n")
+    (umbrella / "Chart.yaml").write_text(
+        "apiVersion: v2\nname: shop\nversion: 0.1.0\ndependencies:\n"
+        f"- name: web\n  version: 2.0.0\n  repository: {server.url}/stable\n"
+    )
+    cache = ChartCache(tmp_path / "cache")
+
+    built = {b.path: b for b in build_bundles(repo, base_name="site", cache=cache).bundles}
+
+    remote, vendored = built["remote"], built["umbrella"]
+    helm = remote.spec.options.helm
+    assert helm is not None and helm.repo == "" and helm.chart.startswith(".charts/")
+    assert helm.version == "1.4.0"  # the range, resolved when the bundle was built
+    assert any(r.name.endswith("charts/web-2.0.0.tgz") for r in vendored.resources)
+    downloads = len(server.requests)
+    context = ClusterContext(name="shop-1")
+    [cm] = render_placed(remote.resources, remote.spec.options, bundle="web", cluster=context)
+    assert cm["data"] == {"version": "1.4.0", "greeting": "hi"}
+    sub = render_placed(vendored.resources, vendored.spec.options, bundle="u", cluster=context)
+    assert [o["data"]["version"] for o in sub] == ["2.0.0"]
+    assert len(server.requests) == downloads  # rendering fetched nothing
