@@ -37,6 +37,12 @@ Key = tuple[str, str]  # (class ID, bundle name)
 class Published:
     deployment_id: str
     deleted: bool
+    depends_on: tuple[str, ...] = ()
+    paused: bool = False
+
+    @classmethod
+    def of(cls, resolved: Resolved) -> Published:
+        return cls(resolved.deployment_id, False, resolved.depends_on, resolved.paused)
 
 
 class DesiredPublisher:
@@ -69,7 +75,12 @@ class DesiredPublisher:
                 parts = stored.subject.split(".")
                 if len(parts) == 5 and parts[2] == "desired":
                     key = (parts[3], parts[4])
-                    self.published[key] = Published(message.deployment_id, message.deleted)
+                    self.published[key] = Published(
+                        message.deployment_id,
+                        message.deleted,
+                        message.depends_on,
+                        message.paused,
+                    )
                 self._rev = max(self._rev, message.rev)
         log.info("desired.loaded", subjects=len(self.published), schema=self.schema)
 
@@ -95,16 +106,18 @@ class DesiredPublisher:
         count = 0
         for (class_id, bundle), resolved in desired.items():
             current = self.published.get((class_id, bundle))
-            if current == Published(resolved.deployment_id, False):
+            if current == Published.of(resolved):
                 continue
             message = DesiredBundle(
                 bundle=bundle,
                 rev=self._next_rev(),
                 deployment_id=resolved.deployment_id,
                 options=resolved.options,
+                depends_on=resolved.depends_on,
+                paused=resolved.paused,
             )
             await self._publish(subjects.desired(class_id, bundle), codec.encode(message))
-            self.published[(class_id, bundle)] = Published(resolved.deployment_id, False)
+            self.published[(class_id, bundle)] = Published.of(resolved)
             count += 1
         if self.schema is None or self.schema.keys != schema.keys:
             await self._publish(subjects.SCHEMA, codec.encode(SchemaMessage(class_schema=schema)))

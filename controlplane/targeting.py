@@ -40,6 +40,9 @@ class BundleRecord(BaseModel):
 class Resolved:
     deployment_id: str
     options: DeploymentOptions
+    # When, not what: bundles to wait for, and whether rollouts are paused.
+    depends_on: tuple[str, ...] = ()
+    paused: bool = False
 
 
 def compute_schema(
@@ -62,9 +65,17 @@ def resolve_class(
     """bundle name -> resolved deployment, for one class."""
     labels = representative_labels(projection)
     name = representative_name(projection)
+    records = list(bundles)
+    bundle_labels = {r.spec.name: r.spec.labels for r in records}
     out: dict[str, Resolved] = {}
-    for record in bundles:
-        options = record.spec.resolve(cluster_name=name, labels=labels, groups=groups)
+    for record in records:
+        spec = record.spec
+        options = spec.resolve(cluster_name=name, labels=labels, groups=groups)
         if options is not None:
-            out[record.spec.name] = Resolved(deployment_id(record.manifest_id, options), options)
+            out[spec.name] = Resolved(
+                deployment_id(record.manifest_id, options),
+                options,
+                depends_on=spec.dependencies(bundle_labels) if spec.depends_on else (),
+                paused=spec.paused,
+            )
     return out

@@ -55,6 +55,12 @@ class _Record:
     failures: int = 0
     reapply: bool = False
     due: float = 0.0
+    waiting: bool = False  # for dependencies to become Ready
+
+    @property
+    def holding(self) -> bool:
+        """Paused with something applied: keep that, report that, roll nothing out."""
+        return self.desired.paused and self.applied is not None and not self.reapply
 
 
 @dataclass
@@ -200,9 +206,11 @@ class Reconciler:
         non_ready: tuple[ResourceCondition, ...] = (),
         modified: tuple[ResourceCondition, ...] = (),
     ) -> None:
+        # A paused bundle reports the deployment it holds, which is not the desired one.
+        held = record.applied if record.holding else None
         status = BundleStatus(
             bundle=record.desired.bundle,
-            deployment_id=record.desired.deployment_id,
+            deployment_id=held.deployment_id if held else record.desired.deployment_id,
             state=state,
             message=message,
             non_ready=non_ready,
@@ -211,6 +219,14 @@ class Reconciler:
         if status != record.status:
             record.status = status
             self._changed()
+            if state == State.READY:
+                self._wake_dependents()
+
+    def _wake_dependents(self) -> None:
+        for other in self._records.values():
+            if other.waiting:
+                other.due = 0.0
+        self._wake.set()
 
     # --- steps -----------------------------------------------------------------
 
@@ -223,7 +239,18 @@ class Reconciler:
             or record.applied.options != desired.options
         )
         try:
-            if needs_apply:
+            if needs_apply and record.holding:
+                await self._observe(record)
+            elif needs_apply and desired.paused:
+                self._set(record, State.PENDING, message="paused: not deployed until resumed")
+                record.due = NEVER  # until the desired state changes
+            elif needs_apply and (waiting := self._unready_dependencies(desired)):
+                record.waiting = True
+                message = f"waiting for {', '.join(waiting)} to be Ready"
+                self._set(record, State.WAIT_APPLIED, message=message)
+                record.due = self._now() + self.settings.observe_interval_not_ready
+            elif needs_apply:
+                record.waiting = False
                 await self._apply(record)
             else:
                 await self._observe(record)
@@ -232,6 +259,15 @@ class Reconciler:
             record.failures += 1
             self._set(record, State.ERR_APPLIED, message=f"internal error: {exc!r}")
             record.due = self._now() + self._backoff(record.failures)
+
+    def _unready_dependencies(self, desired: DesiredBundle) -> list[str]:
+        """Bundles ``desired`` depends on that are not Ready here (Fleet's ``dependsOn``)."""
+        unready = []
+        for name in desired.depends_on:
+            record = self._records.get(name)
+            if record is None or record.status.state != State.READY:
+                unready.append(name)
+        return unready
 
     async def _prepare(self, desired: DesiredBundle) -> Deployment:
         manifest = manifest_of(desired.deployment_id)

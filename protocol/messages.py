@@ -34,6 +34,11 @@ class DesiredBundle(WireMessage):
 
     ``rev`` orders messages for the same subject: a receiver keeps the highest.
     ``deleted`` is the tombstone: the bundle no longer goes to these clusters.
+    ``depends_on`` names bundles that must be Ready on the cluster before this
+    one is applied (Fleet's ``dependsOn``, selectors already resolved to names);
+    ``paused`` tells an agent to keep what it has applied of the bundle rather
+    than roll out this deployment (Fleet's ``paused``). Neither is part of the
+    deployment ID: they say when, not what.
     """
 
     KIND: ClassVar[str] = "desired"
@@ -42,6 +47,8 @@ class DesiredBundle(WireMessage):
     deployment_id: str = ""
     options: DeploymentOptions = Field(default_factory=DeploymentOptions)
     deleted: bool = False
+    depends_on: tuple[str, ...] = ()
+    paused: bool = False
 
 
 class ResourceCondition(WireMessage):

@@ -229,6 +229,9 @@ class BundleSpec(_Model):
 
     ``labels``, ``depends_on``, ``paused`` and ``rollout_strategy`` are kept
     as Fleet defines them; they do not change which clusters match.
+    ``depends_on`` and ``paused`` travel to the agents with the desired state
+    (see :class:`protocol.messages.DesiredBundle`); ``rollout_strategy`` is
+    kept, not enforced.
     """
 
     name: str
@@ -283,6 +286,23 @@ class BundleSpec(_Model):
     def selectors(self, groups: Mapping[str, ClusterGroup]) -> list[LabelSelector]:
         """Every selector over cluster labels that targeting this bundle reads."""
         return [s for target in self.all_targets() for s in target.selectors(groups)]
+
+    def dependencies(self, bundles: Mapping[str, Mapping[str, str]]) -> tuple[str, ...]:
+        """Names of the bundles this one waits for, given every bundle's labels by name.
+
+        A ``dependsOn`` entry by name names one bundle (whether or not it exists
+        yet: the agent waits for it); one by selector names every other bundle
+        whose labels it matches.
+        """
+        names: set[str] = set()
+        for ref in self.depends_on:
+            if ref.name:
+                names.add(ref.name)
+            if ref.selector is not None:
+                selector = ref.selector
+                names.update(n for n, labels in bundles.items() if selector.matches(labels))
+        names.discard(self.name)
+        return tuple(sorted(names))
 
     def names_targeted(self) -> set[str]:
         return {t.cluster_name for t in self.all_targets() if t.cluster_name}

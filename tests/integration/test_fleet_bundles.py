@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
+from nats.js.api import DeliverPolicy
 
 from bundles.build import build_bundles
 from controlplane.server import ControlPlane
 from edgeagent.agent import Agent
 from edgeagent.simulated import SimulatedCluster
 from protocol import admin, codec, ids, subjects
-from protocol.messages import ErrorReply, WireMessage
+from protocol.messages import DesiredBundle, ErrorReply, WireMessage
 from protocol.states import State
 from tests.integration.cp_helpers import admin_call, bundles, create_token
 from tests.integration.test_agent_bus import FAST
@@ -170,3 +171,53 @@ async def test_control_plane_refuses_a_broken_chart_and_keeps_the_good_version(
     assert "nosuchfunction" in bad.error
     assert "/tmp/" not in bad.error  # named as in the bundle, not where it was rendered
     assert (await bundles(nc))["pos-till"] == before
+
+
+async def last_desired(nc: Client, bundle: str) -> DesiredBundle:
+    """The desired-state message of ``bundle`` for the (one) class that has clusters."""
+    js = nc.jetstream()
+    sub = await js.subscribe(
+        f"shoal.v1.desired.*.{bundle}",
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+    )
+    try:
+        msg = await sub.next_msg(timeout=5)
+        return codec.decode(msg.data, DesiredBundle)
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_depends_on_and_paused_travel_with_the_desired_state(
+    control_plane: ControlPlane, nc: Client, tmp_path: Path
+) -> None:
+    token = await create_token(nc)
+    repo = tmp_path / "repo"
+    for name, fleet in {
+        "db": "labels:\n  role: database\n",
+        "app": "dependsOn:\n  - selector:\n      matchLabels:\n        role: database\n",
+    }.items():
+        (repo / name).mkdir(parents=True)
+        (repo / name / "fleet.yaml").write_text(fleet)
+        (repo / name / "cm.yaml").write_text(
+            f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n"
+        )
+    async with agent(control_plane.settings.nats_url, tmp_path / "a", token, "shop-1", {}):
+        await apply_dir(nc, repo)
+        await until_ready(nc, "pos-app", 1)
+        app = await last_desired(nc, "pos-app")
+        assert app.depends_on == ("pos-db",)
+        assert not app.paused
+
+        (repo / "app" / "fleet.yaml").write_text("paused: true\n")
+        (repo / "app" / "cm.yaml").write_text(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  v: '2'\n"
+        )
+        [reply] = [r for r in await apply_dir(nc, repo) if getattr(r, "name", "") == "pos-app"]
+        assert isinstance(reply, admin.BundleApplied)
+        paused = await last_desired(nc, "pos-app")
+        assert paused.paused and paused.deployment_id == reply.deployment_ids[0]
+        # The cluster keeps the deployment it had: the bundle is out of sync, not updated.
+        await asyncio.sleep(0.5)
+        summary = (await bundles(nc))["pos-app"]
+        assert summary.states == {State.OUT_OF_SYNC: 1}, summary.states

@@ -46,7 +46,13 @@ class World:
         self.rev = 0
 
     def bundle(
-        self, name: str, files: dict[str, str], options: DeploymentOptions | None = None
+        self,
+        name: str,
+        files: dict[str, str],
+        options: DeploymentOptions | None = None,
+        *,
+        depends_on: tuple[str, ...] = (),
+        paused: bool = False,
     ) -> DesiredBundle:
         options = options or DeploymentOptions()
         resources = [BundleResource(name=k, content=v) for k, v in files.items()]
@@ -58,6 +64,8 @@ class World:
             rev=self.rev,
             deployment_id=deployment_id(manifest, options),
             options=options,
+            depends_on=depends_on,
+            paused=paused,
         )
         self.desired[name] = message
         self.reconciler.set_desired(dict(self.desired))
@@ -208,3 +216,40 @@ async def test_random_failures_are_reproducible() -> None:
         return [cluster._rng.random() < 0.5 for _ in range(20)]
 
     assert run() == run()
+
+
+async def test_a_bundle_waits_for_its_dependencies_to_be_ready(world: World) -> None:
+    """Fleet's dependsOn: nothing of the dependent bundle is applied before db is Ready."""
+    world.cluster.readiness_delay = 0.3
+    world.bundle("app", {"cm.yaml": configmap("a")}, depends_on=("db",))
+    await world.until(lambda: (s := world.status("app")) is not None and bool(s.message))
+    waiting = world.status("app")
+    assert waiting is not None and waiting.state == State.WAIT_APPLIED
+    assert waiting.message == "waiting for db to be Ready"
+    world.bundle("db", {"cm.yaml": configmap("d")})
+    await world.state("db", State.NOT_READY)
+    assert world.cluster.deployment_of("app") is None
+    await world.state("db", State.READY)
+    await world.state("app", State.READY)
+
+
+async def test_a_paused_bundle_keeps_what_it_holds_until_resumed(world: World) -> None:
+    first = world.bundle("app", {"cm.yaml": configmap("a")})
+    await world.state("app", State.READY)
+
+    second = world.bundle("app", {"cm.yaml": configmap("a", data="new")}, paused=True)
+    await asyncio.sleep(0.2)
+    held = world.status("app")
+    assert held is not None and held.deployment_id == first.deployment_id
+    assert world.cluster.deployment_of("app") == first.deployment_id
+
+    world.bundle("app", {"cm.yaml": configmap("a", data="new")})  # resumed
+    await world.until(lambda: world.cluster.deployment_of("app") == second.deployment_id)
+    assert (await world.state("app", State.READY)).deployment_id == second.deployment_id
+
+
+async def test_a_paused_bundle_is_not_deployed_where_it_is_not_yet(world: World) -> None:
+    world.bundle("app", {"cm.yaml": configmap("a")}, paused=True)
+    pending = await world.state("app", State.PENDING)
+    assert "paused" in pending.message
+    assert world.cluster.deployment_of("app") is None
