@@ -112,10 +112,27 @@ class Plan:
     bundle: str
     items: list[Item]
     missing_namespaces: list[str] = field(default_factory=list)
+    # Fleet's namespaceLabels/namespaceAnnotations: metadata for the bundle's
+    # target namespace (``namespace``, else ``defaultNamespace``), applied as
+    # shoal's fields whether shoal creates that namespace or it exists already.
+    namespace_metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def keys(self) -> set[ObjectKey]:
         return {item.key for item in self.items}
+
+
+def _namespace_metadata(deployment: Deployment) -> dict[str, Any]:
+    options = deployment.options
+    name = options.namespace or options.default_namespace
+    if not name or not (options.namespace_labels or options.namespace_annotations):
+        return {}
+    metadata: dict[str, Any] = {"name": name}
+    if options.namespace_labels:
+        metadata["labels"] = dict(options.namespace_labels)
+    if options.namespace_annotations:
+        metadata["annotations"] = dict(options.namespace_annotations)
+    return metadata
 
 
 def _served_by_crds(items: Iterable[dict[str, Any]]) -> dict[tuple[str, str], Resource]:
@@ -232,7 +249,16 @@ class Applier:
         for item in items:
             if item.resource.namespaced and item.namespace in missing:
                 item.deferred = True
-        return Plan(deployment.bundle, items, sorted(missing - declared))
+        metadata = _namespace_metadata(deployment)
+        for item in items:
+            if metadata and item.resource == NAMESPACES and item.name == metadata["name"]:
+                # Declared in the bundle: the labels go on that object, one apply.
+                meta = item.obj["metadata"]
+                for key in ("labels", "annotations"):
+                    if key in metadata:
+                        meta[key] = {**metadata[key], **(meta.get(key) or {})}
+                metadata = {}
+        return Plan(deployment.bundle, items, sorted(missing - declared), metadata)
 
     async def validate(self, items: list[Item], *, force: bool, stage: str = "dry run") -> None:
         """Dry-run ``items``; ApplyRefused naming every refused one, having changed nothing."""
@@ -254,6 +280,9 @@ class Applier:
             body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
             await self.server_side_apply(NAMESPACES, body, force=False)
             log.info("kube.namespace_created", bundle=plan.bundle, namespace=name)
+        if plan.namespace_metadata:
+            body = {"apiVersion": "v1", "kind": "Namespace", "metadata": plan.namespace_metadata}
+            await self.server_side_apply(NAMESPACES, body, force=force)
         foundation = [i for i in plan.items if i.foundation]
         await self._apply(foundation, force=force, total=len(plan.items))
         crds = [i for i in foundation if i.resource == CRDS]

@@ -106,6 +106,43 @@ async def test_namespace_option_places_objects_and_declared_namespace_goes_first
     assert api.get("v1/configmaps", "team", "cfg") is not None
 
 
+async def test_namespace_labels_and_annotations_go_on_the_target_namespace(
+    api: ApiServer, backend: KubeBackend
+) -> None:
+    """Fleet's namespaceLabels/namespaceAnnotations, on a namespace shoal creates or declares."""
+    labels = {"team": "payments"}
+    annotations = {"owner": "till@example.com"}
+    await backend.apply(
+        deployment(
+            "pay",
+            configmap("cfg", namespace="pay", a="1"),
+            namespace="pay",
+            namespace_labels=labels,
+            namespace_annotations=annotations,
+        )
+    )
+    created = api.get("v1/namespaces", "", "pay")
+    assert created is not None
+    assert created["metadata"]["labels"]["team"] == "payments"
+    assert created["metadata"]["annotations"]["owner"] == "till@example.com"
+
+    declared = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ops"}}
+    await backend.apply(
+        deployment("ops", declared, namespace="ops", namespace_labels=labels, deployment_id="m2:o1")
+    )
+    ns = api.get("v1/namespaces", "", "ops")
+    assert ns is not None
+    assert ns["metadata"]["labels"]["team"] == "payments"
+    assert ns["metadata"]["labels"]["shoal.dev/bundle"] == "ops"
+    assert (
+        await backend.observe(
+            deployment(
+                "ops", declared, namespace="ops", namespace_labels=labels, deployment_id="m2:o1"
+            )
+        )
+    ).state.value != "Modified"
+
+
 async def test_crd_is_applied_and_established_before_its_custom_resources(
     api: ApiServer, backend: KubeBackend
 ) -> None:
