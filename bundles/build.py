@@ -24,7 +24,6 @@ cluster lacking that label reports the error as ErrApplied.
 
 from __future__ import annotations
 
-import base64
 import posixpath
 import tempfile
 from collections.abc import Sequence
@@ -147,7 +146,7 @@ def _vendor_dependencies(
                 name = posixpath.join(
                     prefix, "charts", path.relative_to(filled / "charts").as_posix()
                 )
-                resources.setdefault(name, _resource(name, path.read_bytes()))
+                resources.setdefault(name, BundleResource.of_bytes(name, path.read_bytes()))
 
 
 def _embed(
@@ -161,19 +160,10 @@ def _embed(
     directory = f"{CHARTS_DIR}/{digest}"
     for name, data in chart_files(fetched.archive).items():
         path = posixpath.join(directory, name)
-        resources[path] = _resource(path, data)
+        resources[path] = BundleResource.of_bytes(path, data)
     return helm.model_copy(
         update={"chart": directory, "repo": "", "version": fetched.version or helm.version}
     )
-
-
-def _resource(name: str, data: bytes) -> BundleResource:
-    try:
-        return BundleResource(name=name, content=data.decode("utf-8"))
-    except UnicodeDecodeError:
-        return BundleResource(
-            name=name, content=base64.b64encode(data).decode("ascii"), encoding="base64"
-        )
 
 
 def variants(spec: BundleSpec) -> list[tuple[str, DeploymentOptions, dict[str, str]]]:

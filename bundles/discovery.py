@@ -22,7 +22,6 @@ sets ``name``.
 
 from __future__ import annotations
 
-import base64
 import fnmatch
 import hashlib
 import posixpath
@@ -307,7 +306,7 @@ def _read_bundle(root: Path, path: str, base: str) -> DiscoveredBundle:
                 f"{_shown(root, directory)}: bundle exceeds {MAX_BUNDLE_BYTES // 2**20} MiB",
                 file=_shown(root, directory),
             )
-        resources.append(_resource(rel, data))
+        resources.append(BundleResource.of_bytes(rel, data))
     name = helm_release_name(posixpath.normpath(posixpath.join(base, path)))
     if fleet is not None and fleet.name:
         try:
@@ -326,15 +325,6 @@ def _read_bundle(root: Path, path: str, base: str) -> DiscoveredBundle:
         resources=tuple(resources),
         style=style,
     )
-
-
-def _resource(name: str, data: bytes) -> BundleResource:
-    try:
-        return BundleResource(name=name, content=data.decode("utf-8"))
-    except UnicodeDecodeError:
-        return BundleResource(
-            name=name, content=base64.b64encode(data).decode("ascii"), encoding="base64"
-        )
 
 
 def _shown(root: Path, path: Path) -> str:

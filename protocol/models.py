@@ -144,6 +144,14 @@ class BundleResource(_Model):
             raise ValueError(f"unknown resource encoding {value!r} (known: '', 'base64')")
         return value
 
+    @classmethod
+    def of_bytes(cls, name: str, data: bytes) -> BundleResource:
+        """A file as it travels: text when it is UTF-8, base64 otherwise."""
+        try:
+            return cls(name=name, content=data.decode("utf-8"))
+        except UnicodeDecodeError:
+            return cls(name=name, content=base64.b64encode(data).decode("ascii"), encoding="base64")
+
     def data(self) -> bytes:
         """The file's bytes, whichever way it travels."""
         if self.encoding == "base64":

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 # `shoal agent` shares this entry point and keeps its memory for the agent.
 
 
-def _targets(selectors: list[str]) -> tuple[BundleTarget, ...]:
+def parse_targets(selectors: list[str]) -> tuple[BundleTarget, ...]:
+    """``--target`` selectors as bundle targets; UsageError naming the one that is bad."""
     targets = []
     for index, text in enumerate(selectors):
         try:
@@ -59,7 +60,7 @@ def _build(args: argparse.Namespace, *, validate: bool) -> BuildResult:
             root,
             base_name=args.name or None,
             paths=[p for p in (args.paths or "").split(",") if p],
-            targets=_targets(getattr(args, "target", None) or []),
+            targets=parse_targets(getattr(args, "target", None) or []),
             validate=validate,
         )
     except BundleError as exc:

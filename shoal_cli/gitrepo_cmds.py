@@ -16,11 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from protocol import admin
-from protocol.errors import ProtocolError
 from protocol.gitrepos import DEFAULT_INTERVAL, GitRepoSpec
 from protocol.models import BundleTarget
-from protocol.selectors import LabelSelector, parse_selector
+from protocol.selectors import LabelSelector
 from shoal_cli import gitsecret_cmds, output
+from shoal_cli.bundle_cmds import parse_targets
 from shoal_cli.client import AdminClient
 from shoal_cli.durations import parse_duration
 from shoal_cli.errors import CliError, UsageError
@@ -135,14 +135,7 @@ def add_parser(commands: Any, client: AddArgs, output_format: AddArgs) -> None:
 def _targets(selectors: list[str]) -> tuple[BundleTarget, ...]:
     if not selectors:
         return (BundleTarget(name="all", cluster_selector=LabelSelector()),)
-    targets = []
-    for index, text in enumerate(selectors):
-        try:
-            selector = parse_selector(text)
-        except ProtocolError as exc:
-            raise UsageError(f"--target {text!r}: {exc}") from exc
-        targets.append(BundleTarget(name=f"target{index:03d}", cluster_selector=selector))
-    return tuple(targets)
+    return parse_targets(selectors)
 
 
 FLAGS = {
