@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -175,6 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def _stoppable(run: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """SIGINT or SIGTERM cancel the run, so its ``finally`` blocks stop the nats-server,
+    the control plane and the workers it started (even under ``nohup`` or ``&``)."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+    return await run
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.clusters < 1 or args.classes < 1 or args.timeout <= 0:
@@ -185,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     func, _ = SCENARIOS[args.scenario]
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     started = time.monotonic()
-    result = asyncio.run(func(args))
+    try:
+        result = asyncio.run(_stoppable(func(args)))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print("interrupted: child processes stopped, no result written", file=sys.stderr)
+        return 130
     result["command"] = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
     result["started_at"] = started_at
     result["wall_seconds"] = round(time.monotonic() - started, 1)
