@@ -436,6 +436,7 @@ class Fleet:
                     targeted=targeted,
                     states=states,
                     updated_at=record.updated_at,
+                    labels=record.spec.labels,
                 )
             )
         return out

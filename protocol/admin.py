@@ -72,6 +72,7 @@ class BundleSummary(WireMessage):
     targeted: int = 0
     states: dict[State, int] = Field(default_factory=dict)
     updated_at: float = 0.0
+    labels: dict[str, str] = Field(default_factory=dict)  # incl. the gitrepo and commit
 
 
 class BundleListReply(WireMessage):

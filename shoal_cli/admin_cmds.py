@@ -9,6 +9,7 @@ from typing import Any
 
 from protocol import admin
 from protocol.errors import ProtocolError
+from protocol.gitrepos import COMMIT_LABEL, REPO_LABEL
 from protocol.models import ClusterGroup
 from protocol.selectors import parse_labels, parse_selector
 from protocol.states import WORST_FIRST, State
@@ -50,20 +51,29 @@ async def status(args: argparse.Namespace) -> int:
                 "ready": b.states.get(State.READY, 0),
                 "states": {state.value: n for state, n in b.states.items()},
                 "updated_at": output.iso(b.updated_at),
+                "labels": b.labels,
+                "gitrepo": b.labels.get(REPO_LABEL),
+                "commit": b.labels.get(COMMIT_LABEL),
             }
             for b in reply.bundles
         ]
         output.emit(rows, args.output)
         return 0
+    from_git = any(COMMIT_LABEL in b.labels for b in reply.bundles)
     output.table(
         "Bundles",
-        ["NAME", "DEPLOYMENT", "READY", "STATES"],
+        ["NAME", "DEPLOYMENT", "READY", "STATES", *(["GITREPO", "COMMIT"] if from_git else [])],
         [
             [
                 b.name,
                 _short(b.deployment_id),
                 f"{b.states.get(State.READY, 0)}/{b.targeted}",
                 _state_text(b.states),
+                *(
+                    [b.labels.get(REPO_LABEL, "-"), b.labels.get(COMMIT_LABEL, "-")[:12]]
+                    if from_git
+                    else []
+                ),
             ]
             for b in reply.bundles
         ],

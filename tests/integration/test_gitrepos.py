@@ -138,7 +138,9 @@ async def test_commits_become_bundles_and_a_push_rolls_out(
     assert list(repo.status.bundles) == ["site"]
     labels = control_plane.fleet.bundles["site"].spec.labels
     assert (labels["shoal.dev/repo-name"], labels["shoal.dev/commit"]) == ("site", first)
-    v1 = (await h.bundles(nc))["site"].deployment_id
+    summary = (await h.bundles(nc))["site"]  # what `shoal status` shows
+    assert summary.labels["shoal.dev/commit"] == first
+    v1 = summary.deployment_id
 
     # The cluster reports the bundle Ready: the gitrepo shows it.
     await h.report(nc, cluster, {"site": (v1, State.READY)})
