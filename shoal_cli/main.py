@@ -38,7 +38,10 @@ shoal delivers Kubernetes bundles to very large fleets of small clusters over NA
 
 Start a control plane with `shoal server`, create a registration token with
 `shoal token create`, start `shoal agent` on each cluster, then `shoal apply` a
-directory of manifests and watch `shoal status` and `shoal clusters`.
+directory (manifests, or a Fleet repository with fleet.yaml, Helm charts and
+Kustomize) or follow a git repository with `shoal gitrepo add`, and watch
+`shoal status` and `shoal clusters`. `shoal target` previews what a cluster
+with given labels would get.
 `shoal demo` does all of it on this machine with simulated clusters.
 """
 
