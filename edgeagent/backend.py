@@ -68,3 +68,11 @@ class ClusterBackend(Protocol):
     async def deployed_bundles(self) -> set[str]:
         """Bundles the cluster holds, so an agent can prune after a restart."""
         ...
+
+    async def read_key(self, kind: str, namespace: str, name: str, key: str) -> str | None:
+        """The text under ``key`` of a ``ConfigMap`` or ``Secret`` (decoded) on the cluster.
+
+        ``None`` when the object or the key is not there. Helm's ``valuesFrom``
+        reads values this way, from the cluster the bundle goes to.
+        """
+        ...

@@ -34,6 +34,7 @@ from edgeagent.errors import ApplyError, BlobError, DeploymentError
 from edgeagent.render import ParseCache, objects_for
 from edgeagent.settings import AgentSettings
 from edgeagent.tasks import wait_event
+from edgeagent.values import with_values_from
 from protocol.codec import decode_resources
 from protocol.errors import DecodeError
 from protocol.ids import manifest_of
@@ -285,7 +286,7 @@ class Reconciler:
 
         objects = await objects_for(
             self.parsed.get(manifest, resources),
-            desired.options,
+            await with_values_from(self.backend, desired.options),
             bundle=desired.bundle,
             cluster=self.context,
         )

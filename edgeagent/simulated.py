@@ -51,6 +51,8 @@ class SimulatedCluster:
         self._rng = random.Random(seed)
         self._clock = clock or time.monotonic
         self._held: dict[str, _Held] = {}
+        # ConfigMaps and Secrets put on the cluster by hand: (kind, namespace, name) -> data
+        self.config: dict[tuple[str, str, str], dict[str, str]] = {}
         self.apply_count = 0
         self.fail_next: str | None = None
 
@@ -110,6 +112,9 @@ class SimulatedCluster:
 
     async def deployed_bundles(self) -> set[str]:
         return set(self._held)
+
+    async def read_key(self, kind: str, namespace: str, name: str, key: str) -> str | None:
+        return self.config.get((kind, namespace, name), {}).get(key)
 
     # --- test and demo hooks -------------------------------------------------
 

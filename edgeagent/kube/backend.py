@@ -33,6 +33,8 @@ own applies echoed back, status churn) wake nobody.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +48,7 @@ from edgeagent.kube.apply import BUNDLE_LABEL, CRDS, NAMESPACES, Applier, Item, 
 from edgeagent.kube.client import KubeClient
 from edgeagent.kube.discovery import Discovery, Resource
 from edgeagent.kube.errors import ApiError
-from edgeagent.kube.inventory import Inventory
+from edgeagent.kube.inventory import CONFIGMAPS, Inventory
 from edgeagent.kube.watch import DriftWatch
 from edgeagent.settings import AgentSettings
 from protocol.messages import ResourceCondition
@@ -54,6 +56,8 @@ from protocol.models import ComparePatch
 from protocol.states import State
 
 log = structlog.get_logger(__name__)
+
+SECRETS = Resource("", "v1", "secrets", "Secret", namespaced=True)
 
 # (drifted, ready) of one live object
 _Verdict = tuple[bool, bool]
@@ -190,6 +194,23 @@ class KubeBackend:
 
     async def deployed_bundles(self) -> set[str]:
         return await self._inventory.bundles()
+
+    async def read_key(self, kind: str, namespace: str, name: str, key: str) -> str | None:
+        resource = {"ConfigMap": CONFIGMAPS, "Secret": SECRETS}[kind]
+        async with self._limit:
+            live = await self._client.get(resource.path(namespace, name))
+        if live is None:
+            return None
+        if kind == "ConfigMap":
+            text = (live.get("data") or {}).get(key)
+            return text if isinstance(text, str) else None
+        encoded = (live.get("data") or {}).get(key)
+        if not isinstance(encoded, str):
+            return None
+        try:
+            return base64.b64decode(encoded).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
 
     # --- helpers ----------------------------------------------------------------------
 

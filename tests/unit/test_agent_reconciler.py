@@ -18,7 +18,7 @@ from edgeagent.store import MemoryBlobCache
 from protocol.codec import encode_resources
 from protocol.ids import deployment_id, manifest_id
 from protocol.messages import BundleStatus, DesiredBundle
-from protocol.models import BundleResource, DeploymentOptions
+from protocol.models import BundleResource, DeploymentOptions, HelmOptions, KeyRef, ValuesFrom
 from protocol.states import State
 
 FAST = AgentSettings(
@@ -253,3 +253,33 @@ async def test_a_paused_bundle_is_not_deployed_where_it_is_not_yet(world: World)
     pending = await world.state("app", State.PENDING)
     assert "paused" in pending.message
     assert world.cluster.deployment_of("app") is None
+
+
+CHART = {
+    "Chart.yaml": "apiVersion: v2\nname: till\nversion: 1.0.0\n",
+    "values.yaml": "greeting: hello\nsite: none\n",
+    "templates/cm.yaml": (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: till\n"
+        "data:\n  greeting: {{ .Values.greeting }}\n  site: {{ .Values.site | quote }}\n"
+    ),
+}
+
+
+async def test_helm_values_from_a_configmap_and_a_secret_on_the_cluster(world: World) -> None:
+    """Fleet's helm.valuesFrom: per-site values that never travel through git."""
+    refs = (
+        ValuesFrom(configMapKeyRef=KeyRef(name="site-values")),
+        ValuesFrom(secretKeyRef=KeyRef(name="site-secret", namespace="ops", key="v.yaml")),
+    )
+    options = DeploymentOptions(
+        namespace="shop", helm=HelmOptions(values={"greeting": "hi"}, valuesFrom=refs)
+    )
+    world.bundle("till", CHART, options)
+    failed = await world.state("till", State.ERR_APPLIED)
+    assert "ConfigMap shop/site-values" in failed.message
+
+    world.cluster.config[("ConfigMap", "shop", "site-values")] = {"values.yaml": "site: s-0042\n"}
+    world.cluster.config[("Secret", "ops", "site-secret")] = {"v.yaml": "greeting: moin\n"}
+    await world.state("till", State.READY)
+    [cm] = world.cluster.objects("till")
+    assert cm["data"] == {"greeting": "moin", "site": "s-0042"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import kmock
@@ -254,3 +255,19 @@ async def test_server_errors_are_transient_and_name_the_object(
 
     assert caught.value.transient
     assert caught.value.conditions[0].reason == "etcd is overloaded"
+
+
+async def test_read_key_gives_configmap_and_decoded_secret_values(backend: KubeBackend) -> None:
+    """What helm.valuesFrom reads on the cluster; absent objects and keys are None."""
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "creds", "namespace": "default"},
+        "data": {"values.yaml": base64.b64encode(b"token: s3cret\n").decode()},
+    }
+    await backend.apply(deployment("site", secret, configmap("site", **{"values.yaml": "a: 1"})))
+
+    assert await backend.read_key("Secret", "default", "creds", "values.yaml") == "token: s3cret\n"
+    assert await backend.read_key("ConfigMap", "default", "site", "values.yaml") == "a: 1"
+    assert await backend.read_key("ConfigMap", "default", "site", "other") is None
+    assert await backend.read_key("Secret", "default", "nothere", "values.yaml") is None
