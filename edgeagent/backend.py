@@ -57,8 +57,14 @@ class ClusterBackend(Protocol):
         """
         ...
 
-    async def remove(self, bundle: str, *, keep_resources: bool) -> None:
-        """Forget ``bundle``; delete its objects unless ``keep_resources``."""
+    async def remove(
+        self, bundle: str, *, keep_resources: bool, delete_namespace: str = ""
+    ) -> None:
+        """Forget ``bundle``; delete its objects unless ``keep_resources``.
+
+        ``delete_namespace`` (Fleet's ``deleteNamespace``) names the bundle's
+        namespace, to delete as well if the agent created it for this bundle.
+        """
         ...
 
     async def observe(self, deployment: Deployment) -> Observation:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from bundles.render import target_namespace
 from bundles.templating import ClusterContext
 from edgeagent.backend import ClusterBackend, Deployment, Observation
 from edgeagent.blobs import BlobProvider
@@ -39,7 +40,7 @@ from protocol.codec import decode_resources
 from protocol.errors import DecodeError
 from protocol.ids import manifest_of
 from protocol.messages import BundleStatus, DesiredBundle, ResourceCondition
-from protocol.models import BundleResource
+from protocol.models import BundleResource, DeploymentOptions
 from protocol.states import State
 
 log = structlog.get_logger(__name__)
@@ -67,8 +68,14 @@ class _Record:
 @dataclass
 class _Removal:
     keep_resources: bool
+    delete_namespace: str = ""  # Fleet's deleteNamespace: the namespace to go too
     failures: int = 0
     due: float = 0.0
+
+    @classmethod
+    def of(cls, options: DeploymentOptions) -> _Removal:
+        namespace = target_namespace(options) if options.delete_namespace else ""
+        return cls(options.keep_resources, namespace)
 
 
 @dataclass
@@ -99,7 +106,7 @@ class Reconciler:
             if name not in desired:
                 record = self._records.pop(name)
                 if record.applied is not None or record.attempted:
-                    self._removals[name] = _Removal(record.desired.options.keep_resources)
+                    self._removals[name] = _Removal.of(record.desired.options)
                 self._changed()
         for name, message in desired.items():
             self._removals.pop(name, None)
@@ -355,7 +362,11 @@ class Reconciler:
     async def _remove(self, name: str, removal: _Removal) -> None:
         try:
             async with asyncio.timeout(self.settings.apply_timeout):
-                await self.backend.remove(name, keep_resources=removal.keep_resources)
+                await self.backend.remove(
+                    name,
+                    keep_resources=removal.keep_resources,
+                    delete_namespace=removal.delete_namespace,
+                )
         except Exception as exc:
             removal.failures += 1
             removal.due = self._now() + self._backoff(removal.failures)

@@ -82,7 +82,9 @@ class SimulatedCluster:
         applied_at = previous.applied_at if unchanged and previous else self._clock()
         self._held[deployment.bundle] = _Held(deployment.deployment_id, applied_at, objects)
 
-    async def remove(self, bundle: str, *, keep_resources: bool) -> None:
+    async def remove(
+        self, bundle: str, *, keep_resources: bool, delete_namespace: str = ""
+    ) -> None:
         self._held.pop(bundle, None)
 
     async def observe(self, deployment: Deployment) -> Observation:

@@ -50,6 +50,7 @@ log = structlog.get_logger(__name__)
 
 BUNDLE_LABEL = "shoal.dev/bundle"
 DEPLOYMENT_ANNOTATION = "shoal.dev/deployment-id"
+CREATED_FOR_LABEL = "shoal.dev/created-for"
 NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
 CRDS = Resource(
     "apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False
@@ -277,7 +278,9 @@ class Applier:
     async def apply_foundation(self, plan: Plan, *, force: bool) -> None:
         """Namespaces and CRDs first; then judge what had to wait for them."""
         for name in plan.missing_namespaces:
-            body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+            # Marked, so that deleteNamespace can tell a namespace shoal made from one it found.
+            meta = {"name": name, "labels": {CREATED_FOR_LABEL: plan.bundle}}
+            body = {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
             await self.server_side_apply(NAMESPACES, body, force=False)
             log.info("kube.namespace_created", bundle=plan.bundle, namespace=name)
         if plan.namespace_metadata:

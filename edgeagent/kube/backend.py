@@ -44,7 +44,16 @@ import structlog
 
 from edgeagent.backend import Deployment, Observation, condition_of
 from edgeagent.kube import drift, readiness
-from edgeagent.kube.apply import BUNDLE_LABEL, CRDS, NAMESPACES, Applier, Item, ObjectKey, key_of
+from edgeagent.kube.apply import (
+    BUNDLE_LABEL,
+    CRDS,
+    CREATED_FOR_LABEL,
+    NAMESPACES,
+    Applier,
+    Item,
+    ObjectKey,
+    key_of,
+)
 from edgeagent.kube.client import KubeClient
 from edgeagent.kube.discovery import Discovery, Resource
 from edgeagent.kube.errors import ApiError
@@ -153,12 +162,16 @@ class KubeBackend:
         self._watch.ensure(self._watched())
         bound.info("kube.applied", objects=len(plan.items), forced=force)
 
-    async def remove(self, bundle: str, *, keep_resources: bool) -> None:
+    async def remove(
+        self, bundle: str, *, keep_resources: bool, delete_namespace: str = ""
+    ) -> None:
         keys = await self._inventory.read(bundle)
         if keep_resources:
             log.info("kube.resources_kept", bundle=bundle, objects=len(keys))
         else:
             await self._delete(bundle, keys)
+            if delete_namespace:
+                await self._delete_namespace(bundle, delete_namespace)
         await self._inventory.delete(bundle)
         self._applied.pop(bundle, None)
         self._watch.ensure(self._watched())
@@ -230,6 +243,28 @@ class KubeBackend:
         for level in (0, 1, 2):
             batch = sorted(k for k in keys if stage(k) == level)
             await asyncio.gather(*(self._delete_one(bundle, key) for key in batch))
+
+    async def _delete_namespace(self, bundle: str, name: str) -> None:
+        """deleteNamespace: only a namespace shoal created for this bundle, never one it found."""
+        path = NAMESPACES.path("", name)
+        async with self._limit:
+            live = await self._client.get(path)
+        labels = ((live or {}).get("metadata") or {}).get("labels") or {}
+        if live is None or labels.get(CREATED_FOR_LABEL) != bundle:
+            log.info(
+                "kube.namespace_kept",
+                bundle=bundle,
+                namespace=name,
+                reason="not created by shoal for this bundle",
+            )
+            return
+        try:
+            async with self._limit:
+                await self._client.request("DELETE", path)
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+        log.info("kube.namespace_deleted", bundle=bundle, namespace=name)
 
     async def _delete_one(self, bundle: str, key: ObjectKey) -> None:
         api_version, kind, namespace, name = key

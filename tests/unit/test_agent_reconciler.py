@@ -283,3 +283,25 @@ async def test_helm_values_from_a_configmap_and_a_secret_on_the_cluster(world: W
     await world.state("till", State.READY)
     [cm] = world.cluster.objects("till")
     assert cm["data"] == {"greeting": "moin", "site": "s-0042"}
+
+
+async def test_delete_namespace_asks_the_backend_to_delete_the_bundles_namespace(
+    world: World,
+) -> None:
+    calls: list[tuple[str, bool, str]] = []
+    remove = world.cluster.remove
+
+    async def recording(bundle: str, *, keep_resources: bool, delete_namespace: str = "") -> None:
+        calls.append((bundle, keep_resources, delete_namespace))
+        await remove(bundle, keep_resources=keep_resources, delete_namespace=delete_namespace)
+
+    world.cluster.remove = recording  # type: ignore[method-assign]
+    options = DeploymentOptions(defaultNamespace="popup", deleteNamespace=True)
+    world.bundle("pop", {"cm.yaml": configmap("a")}, options)
+    world.bundle("keep", {"cm.yaml": configmap("b")})
+    await world.state("pop", State.READY)
+    await world.state("keep", State.READY)
+    world.drop("pop")
+    world.drop("keep")
+    await world.until(lambda: len(calls) == 2)
+    assert sorted(calls) == [("keep", False, ""), ("pop", False, "popup")]

@@ -84,6 +84,24 @@ async def test_implicit_namespace_is_not_deleted_with_the_bundle(
     assert api.get("v1/namespaces", "", "shop-a") is not None  # may hold others' objects
 
 
+async def test_delete_namespace_deletes_only_a_namespace_shoal_created_for_the_bundle(
+    api: ApiServer, backend: KubeBackend
+) -> None:
+    """Fleet's deleteNamespace, without ever deleting a namespace shoal found."""
+    await backend.apply(deployment("pop", configmap("cfg", namespace="popup", a="1")))
+    other = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "theirs"}}
+    await backend.apply(deployment("ns-owner", other))
+    await backend.remove("ns-owner", keep_resources=True)  # now a namespace shoal did not make
+    await backend.apply(deployment("guest", configmap("cfg", namespace="theirs", a="1")))
+
+    await backend.remove("pop", keep_resources=False, delete_namespace="popup")
+    await backend.remove("guest", keep_resources=False, delete_namespace="theirs")
+
+    assert api.get("v1/namespaces", "", "popup") is None
+    assert api.get("v1/namespaces", "", "theirs") is not None
+    assert api.get("v1/configmaps", "theirs", "cfg") is None
+
+
 async def test_a_new_agent_finds_deployed_bundles_and_prunes_across_restart(
     api: ApiServer, kubeconfig: Path, kube_settings: AgentSettings
 ) -> None:
