@@ -61,8 +61,8 @@ class _Record:
 
     @property
     def holding(self) -> bool:
-        """Paused with something applied: keep that, report that, roll nothing out."""
-        return self.desired.paused and self.applied is not None and not self.reapply
+        """Paused with something applied: keep that (correcting its drift), roll nothing out."""
+        return self.desired.paused and self.applied is not None
 
 
 @dataclass
@@ -96,6 +96,9 @@ class Reconciler:
     _removals: dict[str, _Removal] = field(default_factory=dict)
     _known: bool = False
     _prune_pending: bool = False
+    # Bundles the cluster held when this agent started: dropping one removes it
+    # even if this process never applied it (it may be paused or waiting).
+    _held: set[str] = field(default_factory=set)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     # --- inputs -----------------------------------------------------------------
@@ -105,7 +108,7 @@ class Reconciler:
         for name in list(self._records):
             if name not in desired:
                 record = self._records.pop(name)
-                if record.applied is not None or record.attempted:
+                if record.applied is not None or record.attempted or name in self._held:
                     self._removals[name] = _Removal.of(record.desired.options)
                 self._changed()
         for name, message in desired.items():
@@ -248,9 +251,15 @@ class Reconciler:
         )
         try:
             if needs_apply and record.holding:
-                await self._observe(record)
+                await (self._reapply_held(record) if record.reapply else self._observe(record))
             elif needs_apply and desired.paused:
-                self._set(record, State.PENDING, message="paused: not deployed until resumed")
+                message = (
+                    "paused: the cluster holds an earlier deployment, kept and not observed "
+                    "until resumed"
+                    if desired.bundle in self._held
+                    else "paused: not deployed until resumed"
+                )
+                self._set(record, State.PENDING, message=message)
                 record.due = NEVER  # until the desired state changes
             elif needs_apply and (waiting := self._unready_dependencies(desired)):
                 record.waiting = True
@@ -269,13 +278,33 @@ class Reconciler:
             record.due = self._now() + self._backoff(record.failures)
 
     def _unready_dependencies(self, desired: DesiredBundle) -> list[str]:
-        """Bundles ``desired`` depends on that are not Ready here (Fleet's ``dependsOn``)."""
-        unready = []
-        for name in desired.depends_on:
-            record = self._records.get(name)
-            if record is None or record.status.state != State.READY:
-                unready.append(name)
-        return unready
+        """Bundles ``desired`` depends on that are not Ready here (Fleet's ``dependsOn``).
+
+        Ready means Ready at the deployment the dependency is meant to have (or
+        holds, if paused): an older deployment's Ready does not count.
+        """
+        return [name for name in desired.depends_on if not self._ready_here(name)]
+
+    def _ready_here(self, name: str) -> bool:
+        record = self._records.get(name)
+        if record is None or record.status.state != State.READY:
+            return False
+        return record.holding or record.status.deployment_id == record.desired.deployment_id
+
+    async def _reapply_held(self, record: _Record) -> None:
+        """correctDrift of a paused bundle: put back the deployment it holds, not the new one."""
+        assert record.applied is not None
+        try:
+            async with asyncio.timeout(self.settings.apply_timeout):
+                await self.backend.apply(record.applied)
+        except (DeploymentError, TimeoutError) as exc:
+            record.failures += 1
+            self._set(record, State.ERR_APPLIED, message=f"correcting drift: {exc}")
+            record.due = self._now() + self._backoff(record.failures)
+            return
+        record.reapply = False
+        record.failures = 0
+        await self._observe(record)
 
     async def _prepare(self, desired: DesiredBundle) -> Deployment:
         manifest = manifest_of(desired.deployment_id)
@@ -383,5 +412,6 @@ class Reconciler:
         except Exception as exc:
             log.warning("reconcile.prune_failed", cluster=self.cluster, error=repr(exc))
             return
+        self._held = set(held)
         for name in held - set(self._records) - set(self._removals):
             self._removals[name] = _Removal(keep_resources=False)

@@ -305,3 +305,41 @@ async def test_delete_namespace_asks_the_backend_to_delete_the_bundles_namespace
     world.drop("keep")
     await world.until(lambda: len(calls) == 2)
     assert sorted(calls) == [("keep", False, ""), ("pop", False, "popup")]
+
+
+async def test_a_paused_bundle_with_correct_drift_puts_back_what_it_holds(world: World) -> None:
+    options = DeploymentOptions(correctDrift=True)
+    first = world.bundle("app", {"cm.yaml": configmap("a")}, options)
+    await world.state("app", State.READY)
+    world.bundle("app", {"cm.yaml": configmap("a", data="new")}, options, paused=True)
+    await asyncio.sleep(0.1)
+
+    world.cluster.inject_drift("app", "ConfigMap", "a", delete=True)
+
+    await world.until(lambda: world.cluster.apply_count >= 2)
+    ready = await world.state("app", State.READY)
+    assert ready.deployment_id == first.deployment_id
+    assert world.cluster.objects("app")[0]["data"] == {"k": "v"}  # the held one, not "new"
+
+
+async def test_a_bundle_dropped_after_a_restart_is_removed_though_never_applied_here(
+    world: World,
+) -> None:
+    world.bundle("app", {"cm.yaml": configmap("a")})
+    await world.state("app", State.READY)
+    # A new agent process on the same cluster, the bundle now paused: it applies nothing.
+    again = Reconciler(backend=world.cluster, blobs=world.blobs, settings=FAST)
+    task = asyncio.create_task(again.run())
+    try:
+        paused = world.desired["app"].model_copy(update={"paused": True, "deployment_id": "x:y"})
+        again.set_desired({"app": paused})
+        await world.until(lambda: any(s.state == State.PENDING for s in again.statuses()))
+        assert "holds an earlier deployment" in again.statuses()[0].message
+
+        again.set_desired({})  # the bundle is deleted while paused
+
+        await world.until(lambda: world.cluster.deployment_of("app") is None)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
