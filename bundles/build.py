@@ -180,8 +180,8 @@ def variants(spec: BundleSpec) -> list[tuple[str, DeploymentOptions, dict[str, s
     return out
 
 
-def check(spec: BundleSpec, resources: Sequence[BundleResource]) -> int:
-    """Render every variant once; returns how many objects the base variant has."""
+def check(spec: BundleSpec, resources: Sequence[BundleResource]) -> list[int]:
+    """Render every variant once; how many objects each has (the bundle's own options first)."""
     counts: list[int] = []
     for what, options, labels in variants(spec):
         cluster = ClusterContext(name=_VALIDATION_CLUSTER, labels=labels)
@@ -192,7 +192,7 @@ def check(spec: BundleSpec, resources: Sequence[BundleResource]) -> int:
                 raise type(exc)(f"{what}: {exc}", file=exc.file, field=exc.field) from exc
             raise
         counts.append(len(objects))
-    return counts[0]
+    return counts
 
 
 def _render_leniently(

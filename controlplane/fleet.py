@@ -70,6 +70,7 @@ class Fleet:
         self.owned: set[int] = set()
         self._loaded = False
         self._lock = asyncio.Lock()
+        self._bundle_locks: dict[str, asyncio.Lock] = {}
         # Requests are served concurrently; one name registers one cluster at a time.
         self._registering: set[str] = set()
 
@@ -172,7 +173,16 @@ class Fleet:
 
     # -- bundles -------------------------------------------------------------
 
+    def _bundle_lock(self, name: str) -> asyncio.Lock:
+        """One apply or delete of a bundle at a time on this replica: a slow render
+        (validation runs in a thread) must not finish after, and so undo, a newer one."""
+        return self._bundle_locks.setdefault(name, asyncio.Lock())
+
     async def apply_bundle(self, request: admin.BundleApply) -> admin.BundleApplied:
+        async with self._bundle_lock(request.spec.name):
+            return await self._apply_bundle(request)
+
+    async def _apply_bundle(self, request: admin.BundleApply) -> admin.BundleApplied:
         spec = request.spec
         try:
             blob = await self._stores.blobs.get(request.manifest_id)
@@ -219,6 +229,10 @@ class Fleet:
         )
 
     async def delete_bundle(self, name: str) -> admin.BundleDeleted:
+        async with self._bundle_lock(name):
+            return await self._delete_bundle(name)
+
+    async def _delete_bundle(self, name: str) -> admin.BundleDeleted:
         if name not in self.bundles:
             raise NotFound(f"no bundle named {name!r}")
         await self._stores.bundles.delete(name)

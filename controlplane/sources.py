@@ -55,12 +55,12 @@ def validate_bundle(spec: BundleSpec, resources: list[BundleResource]) -> int:
     naming the bundle, the file and the cause. Runs engines: call it in a thread.
     """
     try:
-        count = check(spec, resources)
+        counts = check(spec, resources)
     except BundleError as exc:
         raise BundleInvalid(f"bundle {spec.name!r}: {exc}") from exc
-    if not count:
+    if not any(counts):
         raise BundleInvalid(f"bundle {spec.name!r}: the files render no Kubernetes objects")
-    return count
+    return counts[0]
 
 
 def validate(resources: list[BundleResource], *, origin: str = "") -> int:

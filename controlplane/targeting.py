@@ -65,17 +65,21 @@ def resolve_class(
     """bundle name -> resolved deployment, for one class."""
     labels = representative_labels(projection)
     name = representative_name(projection)
-    records = list(bundles)
-    bundle_labels = {r.spec.name: r.spec.labels for r in records}
-    out: dict[str, Resolved] = {}
-    for record in records:
-        spec = record.spec
-        options = spec.resolve(cluster_name=name, labels=labels, groups=groups)
+    resolved: dict[str, tuple[BundleRecord, DeploymentOptions]] = {}
+    for record in bundles:
+        options = record.spec.resolve(cluster_name=name, labels=labels, groups=groups)
         if options is not None:
-            out[spec.name] = Resolved(
-                deployment_id(record.manifest_id, options),
-                options,
-                depends_on=spec.dependencies(bundle_labels) if spec.depends_on else (),
-                paused=spec.paused,
-            )
+            resolved[record.spec.name] = (record, options)
+    # A dependsOn selector picks among the bundles that go to these clusters, as
+    # Fleet's picks among a cluster's bundle deployments; a name is waited for as is.
+    here = {n: record.spec.labels for n, (record, _) in resolved.items()}
+    out: dict[str, Resolved] = {}
+    for bundle, (record, options) in resolved.items():
+        spec = record.spec
+        out[bundle] = Resolved(
+            deployment_id(record.manifest_id, options),
+            options,
+            depends_on=spec.dependencies(here) if spec.depends_on else (),
+            paused=spec.paused,
+        )
     return out

@@ -221,3 +221,29 @@ async def test_depends_on_and_paused_travel_with_the_desired_state(
         await asyncio.sleep(0.5)
         summary = (await bundles(nc))["pos-app"]
         assert summary.states == {State.OUT_OF_SYNC: 1}, summary.states
+
+
+async def test_a_depends_on_selector_picks_among_the_bundles_that_go_to_the_cluster(
+    control_plane: ControlPlane, nc: Client, tmp_path: Path
+) -> None:
+    """db-eu goes to EU clusters, db-us to US ones: EU clusters wait for db-eu alone."""
+    token = await create_token(nc)
+    repo = tmp_path / "repo"
+    fleets = {
+        "db-eu": "labels: {role: db}\ntargetCustomizations:\n"
+        "  - clusterSelector: {matchLabels: {region: us}}\n    doNotDeploy: true\n",
+        "db-us": "labels: {role: db}\ntargetCustomizations:\n"
+        "  - clusterSelector: {matchLabels: {region: eu}}\n    doNotDeploy: true\n",
+        "app": "dependsOn:\n  - selector: {matchLabels: {role: db}}\n",
+    }
+    for name, fleet in fleets.items():
+        (repo / name).mkdir(parents=True)
+        (repo / name / "fleet.yaml").write_text(fleet)
+        (repo / name / "cm.yaml").write_text(
+            f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n"
+        )
+    labels = {"region": "eu"}
+    async with agent(control_plane.settings.nats_url, tmp_path / "a", token, "shop-1", labels) as a:
+        await apply_dir(nc, repo)
+        await until_ready(nc, "pos-app", 1)
+        assert a.desired.effective()["pos-app"].depends_on == ("pos-db-eu",)
