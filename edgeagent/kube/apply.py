@@ -201,10 +201,16 @@ class Applier:
         return [result for result in results if result is not None]
 
     async def server_side_apply(
-        self, resource: Resource, obj: dict[str, Any], *, force: bool, dry_run: bool = False
+        self,
+        resource: Resource,
+        obj: dict[str, Any],
+        *,
+        force: bool,
+        dry_run: bool = False,
+        manager: str = "",
     ) -> JsonObject:
         meta = obj["metadata"]
-        query = [("fieldManager", self._settings.kube_field_manager)]
+        query = [("fieldManager", manager or self._settings.kube_field_manager)]
         if force:
             query.append(("force", "true"))
         if dry_run:
@@ -284,8 +290,11 @@ class Applier:
             await self.server_side_apply(NAMESPACES, body, force=False)
             log.info("kube.namespace_created", bundle=plan.bundle, namespace=name)
         if plan.namespace_metadata:
+            # A manager of the bundle's own: bundles sharing a namespace keep each
+            # other's labels (one manager's apply drops the fields it left out).
             body = {"apiVersion": "v1", "kind": "Namespace", "metadata": plan.namespace_metadata}
-            await self.server_side_apply(NAMESPACES, body, force=force)
+            manager = f"{self._settings.kube_field_manager}-{plan.bundle}"[:128]
+            await self.server_side_apply(NAMESPACES, body, force=force, manager=manager)
         foundation = [i for i in plan.items if i.foundation]
         await self._apply(foundation, force=force, total=len(plan.items))
         crds = [i for i in foundation if i.resource == CRDS]

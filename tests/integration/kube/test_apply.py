@@ -271,3 +271,22 @@ async def test_read_key_gives_configmap_and_decoded_secret_values(backend: KubeB
     assert await backend.read_key("ConfigMap", "default", "site", "values.yaml") == "a: 1"
     assert await backend.read_key("ConfigMap", "default", "site", "other") is None
     assert await backend.read_key("Secret", "default", "nothere", "values.yaml") is None
+
+
+async def test_bundles_sharing_a_namespace_keep_each_others_namespace_labels(
+    api: ApiServer, backend: KubeBackend
+) -> None:
+    for bundle, labels in (("a", {"team": "payments"}), ("b", {"env": "prod"})):
+        await backend.apply(
+            deployment(
+                bundle,
+                configmap(f"cfg-{bundle}", namespace="shared", a="1"),
+                namespace="shared",
+                namespace_labels=labels,
+                deployment_id=f"m-{bundle}:o1",
+            )
+        )
+
+    ns = api.get("v1/namespaces", "", "shared")
+    assert ns is not None
+    assert {"team": "payments", "env": "prod"}.items() <= ns["metadata"]["labels"].items()
