@@ -137,7 +137,7 @@ def _vendor_dependencies(
         materialize(resources.values(), root)
         work.mkdir()
         chart_dir = root / posixpath.dirname(chart_yaml)
-        filled = with_dependencies(chart_dir, work, cache=cache)
+        filled = with_dependencies(chart_dir, work, cache=cache, root=root)
         if filled == chart_dir:
             return
         prefix = posixpath.dirname(chart_yaml)

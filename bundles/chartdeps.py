@@ -95,10 +95,13 @@ def with_dependencies(
     cache: ChartCache,
     credentials: Credentials | None = None,
     plain_http: bool = False,
+    root: Path | None = None,
 ) -> Path:
     """``chart_dir`` if its dependencies are all in ``charts/``, else a copy in ``workdir``.
 
-    The copy's ``charts/`` holds every declared dependency.
+    The copy's ``charts/`` holds every declared dependency. A ``file://``
+    dependency must lie inside ``root`` (the bundle) when one is given: a
+    repository's chart cannot pull in a directory from elsewhere on the host.
 
     Raises :class:`ChartNotFound` for a dependency that is not in its
     repository, and :class:`HelmError` for one whose repository cannot be used.
@@ -120,6 +123,7 @@ def with_dependencies(
             cache=cache,
             credentials=credentials,
             plain_http=plain_http,
+            root=root,
         )
     return copy
 
@@ -132,6 +136,7 @@ def _vendor(
     cache: ChartCache,
     credentials: Credentials | None,
     plain_http: bool,
+    root: Path | None = None,
 ) -> None:
     name = str(dependency.get("name", ""))
     version = str(dependency.get("version", "") or "")
@@ -141,6 +146,12 @@ def _vendor(
         raise HelmError(f"{where}: no name", file=str(chart_dir / "Chart.yaml"))
     if repository.startswith("file://"):
         source = (chart_dir / repository.removeprefix("file://")).resolve()
+        if root is not None and not source.is_relative_to(root.resolve()):
+            raise HelmError(
+                f"{where}: {repository} is outside the bundle",
+                file=str(chart_dir / "Chart.yaml"),
+                field="dependencies",
+            )
         if not (source / "Chart.yaml").is_file():
             raise ChartNotFound(f"{where}: {repository} is not a chart directory", file=str(source))
         shutil.copytree(source, charts / name, symlinks=False)

@@ -552,3 +552,20 @@ def test_build_puts_remote_charts_and_subcharts_inside_the_bundle(
     sub = render_placed(vendored.resources, vendored.spec.options, bundle="u", cluster=context)
     assert [o["data"]["version"] for o in sub] == ["2.0.0"]
     assert len(server.requests) == downloads  # rendering fetched nothing
+
+
+def test_a_file_subchart_outside_the_bundle_is_refused(tmp_path: Path) -> None:
+    """A repository cannot make the builder copy a chart from elsewhere on the host."""
+    secret_chart = tmp_path / "elsewhere" / "private"
+    (secret_chart / "templates").mkdir(parents=True)
+    (secret_chart / "Chart.yaml").write_text("apiVersion: v2\nname: private\nversion: 1.0.0\n")
+    bundle = tmp_path / "repo" / "app"
+    bundle.mkdir(parents=True)
+    (bundle / "fleet.yaml").write_text("namespace: app\n")
+    (bundle / "Chart.yaml").write_text(
+        "apiVersion: v2\nname: app\nversion: 0.1.0\ndependencies:\n"
+        f"- name: private\n  version: 1.0.0\n  repository: file://{secret_chart}\n"
+    )
+
+    with pytest.raises(HelmError, match="outside the bundle"):
+        build_bundles(tmp_path / "repo", cache=ChartCache(tmp_path / "cache"))
