@@ -96,13 +96,19 @@ async def apply(args: argparse.Namespace) -> int:
         for bundle in bundles:
             blob = codec.encode_resources(bundle.resources)
             manifest = ids.manifest_id_of_blob(blob)
-            await client.upload_blob(manifest, blob)
-            replies.append(
-                await client.admin(
-                    admin.BundleApply(spec=bundle.spec, manifest_id=manifest),
-                    admin.BundleApplied,
+            try:
+                await client.upload_blob(manifest, blob)
+                replies.append(
+                    await client.admin(
+                        admin.BundleApply(spec=bundle.spec, manifest_id=manifest),
+                        admin.BundleApplied,
+                    )
                 )
-            )
+            except CliError as exc:
+                # Everything was checked here first, so this is rare (a control plane of
+                # another version, or the bus); say what did go through.
+                done = ", ".join(r.name for r in replies) or "none"
+                raise type(exc)(f"{exc} (bundles applied before this one: {done})") from exc
     if args.output == "json":
         rows = [r.model_dump(mode="json") for r in replies]
         output.emit(rows[0] if len(rows) == 1 else rows, "json")
