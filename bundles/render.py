@@ -81,8 +81,12 @@ def render(
     bundle: str,
     cluster: ClusterContext,
     kube_version: str | None = None,
+    api_versions: Sequence[str] = (),
 ) -> tuple[ParsedObject, ...]:
     """The bundle's objects for ``cluster``, before namespaces are placed.
+
+    ``kube_version`` and ``api_versions`` are the cluster's, for Helm's
+    ``.Capabilities`` (left out: Helm's defaults).
 
     Raises :class:`BundleError` (a subclass) naming the file and the cause.
     """
@@ -100,7 +104,12 @@ def render(
         try:
             if kind == HELM:
                 return _render_helm(
-                    root, options, bundle=bundle, cluster=cluster, kube=kube_version
+                    root,
+                    options,
+                    bundle=bundle,
+                    cluster=cluster,
+                    kube=kube_version,
+                    api_versions=api_versions,
                 )
             return _render_kustomize(root, options)
         except BundleError as exc:
@@ -114,9 +123,17 @@ def render_placed(
     bundle: str,
     cluster: ClusterContext,
     kube_version: str | None = None,
+    api_versions: Sequence[str] = (),
 ) -> tuple[dict[str, Any], ...]:
     """:func:`render` then :func:`place`: exactly what goes to the cluster."""
-    parsed = render(resources, options, bundle=bundle, cluster=cluster, kube_version=kube_version)
+    parsed = render(
+        resources,
+        options,
+        bundle=bundle,
+        cluster=cluster,
+        kube_version=kube_version,
+        api_versions=api_versions,
+    )
     return place(parsed, options)
 
 
@@ -146,6 +163,7 @@ def _render_helm(
     bundle: str,
     cluster: ClusterContext,
     kube: str | None,
+    api_versions: Sequence[str] = (),
 ) -> tuple[ParsedObject, ...]:
     options_helm = options.helm
     chart = root
@@ -162,6 +180,7 @@ def _render_helm(
         namespace=target_namespace(options),
         values=values,
         kube_version=kube,
+        api_versions=api_versions,
         skip_schema_validation=skip_schema,
     )
     return (*rendered.crds, *rendered.objects)

@@ -28,6 +28,19 @@ class Deployment:
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What Helm templates see of the cluster (``.Capabilities``): its version and APIs.
+
+    Charts gate objects on these (``.Capabilities.APIVersions.Has
+    "monitoring.coreos.com/v1"``), so the agent renders with its own cluster's.
+    ``kube_version`` None leaves Helm's default.
+    """
+
+    kube_version: str | None = None
+    api_versions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Observation:
     """What a backend sees of a deployment: READY, NOT_READY or MODIFIED, and why."""
 
@@ -73,6 +86,10 @@ class ClusterBackend(Protocol):
 
     async def deployed_bundles(self) -> set[str]:
         """Bundles the cluster holds, so an agent can prune after a restart."""
+        ...
+
+    async def capabilities(self) -> Capabilities:
+        """The cluster's version and served API group-versions, for Helm's ``.Capabilities``."""
         ...
 
     async def read_key(self, kind: str, namespace: str, name: str, key: str) -> str | None:

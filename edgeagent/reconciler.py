@@ -29,7 +29,7 @@ import structlog
 
 from bundles.render import target_namespace
 from bundles.templating import ClusterContext
-from edgeagent.backend import ClusterBackend, Deployment, Observation
+from edgeagent.backend import Capabilities, ClusterBackend, Deployment, Observation
 from edgeagent.blobs import BlobProvider
 from edgeagent.errors import ApplyError, BlobError, DeploymentError
 from edgeagent.render import ParseCache, objects_for
@@ -46,6 +46,7 @@ from protocol.states import State
 log = structlog.get_logger(__name__)
 
 NEVER = math.inf
+CAPABILITIES_TTL = 60.0  # seconds: a CRD installed since shows up within a minute
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Reconciler:
     # Bundles the cluster held when this agent started: dropping one removes it
     # even if this process never applied it (it may be paused or waiting).
     _held: set[str] = field(default_factory=set)
+    _caps: tuple[float, Capabilities] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     # --- inputs -----------------------------------------------------------------
@@ -277,6 +279,17 @@ class Reconciler:
             self._set(record, State.ERR_APPLIED, message=f"internal error: {exc!r}")
             record.due = self._now() + self._backoff(record.failures)
 
+    async def _capabilities(self) -> Capabilities:
+        """The cluster's version and APIs, asked again at most once a minute."""
+        now = self._now()
+        if self._caps is None or now - self._caps[0] > CAPABILITIES_TTL:
+            try:
+                self._caps = (now, await self.backend.capabilities())
+            except Exception as exc:  # Helm's defaults are a better fallback than no render
+                log.warning("reconcile.capabilities_failed", cluster=self.cluster, error=repr(exc))
+                return self._caps[1] if self._caps else Capabilities()
+        return self._caps[1]
+
     def _unready_dependencies(self, desired: DesiredBundle) -> list[str]:
         """Bundles ``desired`` depends on that are not Ready here (Fleet's ``dependsOn``).
 
@@ -325,6 +338,7 @@ class Reconciler:
             await with_values_from(self.backend, desired.options),
             bundle=desired.bundle,
             cluster=self.context,
+            capabilities=self._capabilities,
         )
         return Deployment(desired.bundle, desired.deployment_id, desired.options, objects)
 

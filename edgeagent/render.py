@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from bundles import render as bundle_render
 from bundles.errors import BundleError
 from bundles.overlays import raw_manifests
 from bundles.templating import ClusterContext
+from edgeagent.backend import Capabilities
 from edgeagent.errors import RenderError
 from protocol.manifests import ManifestError, ParsedObject, parse_resources
 from protocol.models import BundleResource, DeploymentOptions
@@ -96,17 +97,25 @@ async def objects_for(
     *,
     bundle: str,
     cluster: ClusterContext,
+    capabilities: Callable[[], Awaitable[Capabilities]] | None = None,
 ) -> tuple[dict[str, Any], ...]:
     """What ``cluster`` should hold of this bundle; RenderError names the file and cause.
 
     Plain manifests without overlays come from the cache; anything else
     (overlays chosen per target, Helm values templated per cluster, a
-    kustomization) is rendered for this cluster, engines in a thread.
+    kustomization) is rendered for this cluster, engines in a thread; Helm
+    sees the cluster's version and APIs through ``capabilities``.
     """
     overlays = options.yaml.overlays if options.yaml is not None else ()
     engine = bundle_render.kind_of(loaded.resources, options) != bundle_render.MANIFESTS
     if loaded.plain is not None and not overlays and not engine:
         return place(loaded.plain, options)
+    caps = Capabilities()
+    if (
+        capabilities is not None
+        and bundle_render.kind_of(loaded.resources, options) == bundle_render.HELM
+    ):
+        caps = await capabilities()
     try:
         return await asyncio.to_thread(
             bundle_render.render_placed,
@@ -114,6 +123,8 @@ async def objects_for(
             options,
             bundle=bundle,
             cluster=cluster,
+            kube_version=caps.kube_version,
+            api_versions=caps.api_versions,
         )
     except BundleError as exc:
         raise RenderError(str(exc), file=exc.file) from exc

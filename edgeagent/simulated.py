@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeagent.backend import Deployment, Observation, condition_of
+from edgeagent.backend import Capabilities, Deployment, Observation, condition_of
 from edgeagent.errors import ApplyError
 from edgeagent.render import object_key
 from edgeagent.settings import AgentSettings
@@ -114,6 +114,9 @@ class SimulatedCluster:
 
     async def deployed_bundles(self) -> set[str]:
         return set(self._held)
+
+    async def capabilities(self) -> Capabilities:
+        return Capabilities()
 
     async def read_key(self, kind: str, namespace: str, name: str, key: str) -> str | None:
         return self.config.get((kind, namespace, name), {}).get(key)

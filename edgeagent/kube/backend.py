@@ -42,7 +42,7 @@ from typing import Any
 
 import structlog
 
-from edgeagent.backend import Deployment, Observation, condition_of
+from edgeagent.backend import Capabilities, Deployment, Observation, condition_of
 from edgeagent.kube import drift, readiness
 from edgeagent.kube.apply import (
     BUNDLE_LABEL,
@@ -207,6 +207,11 @@ class KubeBackend:
 
     async def deployed_bundles(self) -> set[str]:
         return await self._inventory.bundles()
+
+    async def capabilities(self) -> Capabilities:
+        async with self._limit:
+            kube_version, api_versions = await self._discovery.capabilities()
+        return Capabilities(kube_version, api_versions)
 
     async def read_key(self, kind: str, namespace: str, name: str, key: str) -> str | None:
         resource = {"ConfigMap": CONFIGMAPS, "Secret": SECRETS}[kind]

@@ -63,6 +63,20 @@ class Discovery:
             known = await self._load(api_version)
         return known.get(kind)
 
+    async def capabilities(self) -> tuple[str | None, tuple[str, ...]]:
+        """(the server's version, every served group-version), as Helm's ``.Capabilities``."""
+        version = await self._client.get("/version")
+        core = await self._client.get("/api")
+        groups = await self._client.get("/apis")
+        served = [str(v) for v in (core or {}).get("versions", [])]
+        for group in (groups or {}).get("groups", []):
+            served += [str(v.get("groupVersion", "")) for v in group.get("versions", [])]
+        git_version = (version or {}).get("gitVersion")
+        return (
+            str(git_version).split("+")[0] if git_version else None,
+            tuple(sorted({v for v in served if v})),
+        )
+
     def forget(self, api_version: str) -> None:
         """Ask the API again next time (e.g. after a CRD of this group changed)."""
         self._kinds.pop(api_version, None)

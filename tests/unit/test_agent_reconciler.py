@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from edgeagent.backend import Deployment
+from edgeagent.backend import Capabilities, Deployment
 from edgeagent.blobs import Blobs
 from edgeagent.membus import MemoryBus
 from edgeagent.reconciler import Reconciler
@@ -343,3 +343,24 @@ async def test_a_bundle_dropped_after_a_restart_is_removed_though_never_applied_
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_helm_sees_the_clusters_version_and_apis(world: World) -> None:
+    """Charts gate objects on .Capabilities: the agent renders with its own cluster's."""
+
+    async def capabilities() -> Capabilities:
+        return Capabilities("v1.31.2", ("monitoring.coreos.com/v1", "v1", "apps/v1"))
+
+    world.cluster.capabilities = capabilities  # type: ignore[method-assign]
+    chart = {
+        "Chart.yaml": "apiVersion: v2\nname: web\nversion: 1.0.0\n",
+        "templates/cm.yaml": (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n"
+            "data:\n  kube: {{ .Capabilities.KubeVersion.Version | quote }}\n"
+            '  monitored: {{ .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" | quote }}\n'
+        ),
+    }
+    world.bundle("web", chart)
+    await world.state("web", State.READY)
+    [cm] = world.cluster.objects("web")
+    assert cm["data"] == {"kube": "v1.31.2", "monitored": "true"}

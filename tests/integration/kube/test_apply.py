@@ -290,3 +290,12 @@ async def test_bundles_sharing_a_namespace_keep_each_others_namespace_labels(
     ns = api.get("v1/namespaces", "", "shared")
     assert ns is not None
     assert {"team": "payments", "env": "prod"}.items() <= ns["metadata"]["labels"].items()
+
+
+async def test_capabilities_are_the_servers_version_and_group_versions(
+    backend: KubeBackend,
+) -> None:
+    caps = await backend.capabilities()
+    assert caps.kube_version is not None and caps.kube_version.startswith("v1.")
+    assert "+" not in caps.kube_version  # "v1.26.4+k3s1" is v1.26.4 to Helm
+    assert {"v1", "apps/v1"} <= set(caps.api_versions)
