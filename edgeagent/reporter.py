@@ -35,8 +35,8 @@ from edgeagent.errors import BusError
 from edgeagent.settings import AgentSettings
 from edgeagent.store import Identity
 from protocol import subjects
-from protocol.codec import encode
-from protocol.messages import BundleStatus, Heartbeat, StatusReport
+from protocol.codec import encode, encode_heartbeat
+from protocol.messages import BundleStatus, StatusReport
 
 log = structlog.get_logger(__name__)
 
@@ -129,10 +129,9 @@ class Reporter:
         if since < self._settings.heartbeat_interval:
             return False
         seq = self.heartbeat_seq + 1
-        beat = Heartbeat(seq=seq, status_seq=self.status_seq)
         subject = subjects.heartbeat(self.identity.shard, self.identity.cluster_id)
         try:
-            await self._bus.publish(subject, encode(beat))
+            await self._bus.publish(subject, encode_heartbeat(seq, self.status_seq))
         except BusError as exc:
             log.debug("heartbeat.failed", cluster=self.identity.cluster_id, error=str(exc))
             return False

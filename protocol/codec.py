@@ -37,6 +37,19 @@ def _registry() -> dict[str, type[WireMessage]]:
 KINDS: dict[str, type[WireMessage]] = _registry()
 
 
+def encode_heartbeat(seq: int, status_seq: int = 0) -> bytes:
+    """``encode(Heartbeat(seq=..., status_seq=...))``, byte for byte, without the model.
+
+    Every cluster sends one every few seconds: at fleet scale the model's
+    validation and dump are most of a heartbeat's cost, on agents and in the
+    benchmarks that simulate them.
+    """
+    payload: dict[str, int] = {"seq": seq}
+    if status_seq:
+        payload["status_seq"] = status_seq
+    return msgpack.packb([VERSION, messages.Heartbeat.KIND, payload], use_bin_type=True)
+
+
 def encode(message: WireMessage) -> bytes:
     payload = message.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     return msgpack.packb([VERSION, message.KIND, payload], use_bin_type=True)

@@ -25,6 +25,7 @@ from protocol.codec import (
     decode_any,
     decode_resources,
     encode,
+    encode_heartbeat,
     encode_resources,
 )
 from protocol.errors import DecodeError
@@ -568,3 +569,11 @@ def test_fuzz_payloads_of_every_kind(kind: str, data: st.DataObject) -> None:
     )
 
     assert_decodes_cleanly(pack([VERSION, kind, payload]))
+
+
+@given(st.integers(min_value=0, max_value=2**63 - 1), st.integers(min_value=0, max_value=2**63 - 1))
+def test_the_heartbeat_fast_path_is_byte_for_byte_the_model(seq: int, status_seq: int) -> None:
+    fast = encode_heartbeat(seq, status_seq)
+    assert fast == encode(messages.Heartbeat(seq=seq, status_seq=status_seq))
+    assert decode(fast, messages.Heartbeat) == messages.Heartbeat(seq=seq, status_seq=status_seq)
+    assert len(encode_heartbeat(1_795_000_000_000, 1_795_000_000_000)) <= 64
