@@ -63,6 +63,7 @@ async def _heartbeat(args: argparse.Namespace) -> dict[str, Any]:
         window=args.window,
         interval=args.heartbeat_interval,
         processes=args.processes,
+        driven=args.driven_heartbeats,
     )
 
 
@@ -147,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="heartbeat: seconds between one cluster's heartbeats "
         f"(default {DEFAULT_HEARTBEAT_INTERVAL})",
+    )
+    parser.add_argument(
+        "--driven-heartbeats",
+        action="store_true",
+        help="heartbeat: one task per fleet process paces every agent's own heartbeat "
+        "(Reporter.beat, one message per cluster) instead of one timer per agent, so the "
+        "fleet offers more than its timers would allow on this machine",
     )
     parser.add_argument(
         "--processes",

@@ -24,6 +24,7 @@ when asked; ``harness_cpu_seconds`` is then the workers' CPU.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -52,6 +53,7 @@ async def run(
     window: float,
     interval: float,
     processes: int = 1,
+    driven: bool = False,
 ) -> dict[str, Any]:
     settings = AgentSettings(
         status_interval=0.25,
@@ -67,6 +69,7 @@ async def run(
         "heartbeat_interval": interval,
         "window_seconds": window,
         "processes": processes,
+        "driven_heartbeats": driven,
         "errors": [],
     }
     async with h.Bench() as bench, bench.client() as client:
@@ -85,6 +88,7 @@ async def run(
             url=bench.url,
             connections=connections,
             labels_for=h.class_labels(classes),
+            driven_heartbeats=driven,
         )
         h.say(f"registering {clusters} clusters")
         started = time.monotonic()
@@ -95,12 +99,17 @@ async def run(
             ready, _ = await h.wait_ready(client, BUNDLE, clusters, timeout=timeout, label=BUNDLE)
             result["ready"] = ready
             await asyncio.sleep(WARMUP_SECONDS)
+            driver = asyncio.create_task(fleet.drive_heartbeats()) if driven else None
             result["heartbeat_bytes"] = await _sample_size(client.nc)
 
             async def sent() -> int:
                 return sum(a.reporter.heartbeats_sent for a in fleet.agents)
 
             result.update(await _measure(bench.cp, client, sent, [os.getpid()], window=window))
+            if driver is not None:
+                driver.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await driver
         finally:
             await fleet.stop()
     return _summary(result)
@@ -120,6 +129,7 @@ async def _run_workers(
         classes=result["classes"],
         processes=processes,
         heartbeat_interval=result["heartbeat_interval"],
+        driven_heartbeats=result["driven_heartbeats"],
     )
     try:
         async with asyncio.timeout(timeout):

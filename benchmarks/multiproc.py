@@ -34,8 +34,11 @@ async def _start_worker(
     offset: int,
     classes: int,
     heartbeat_interval: float | None = None,
+    driven_heartbeats: bool = False,
 ) -> asyncio.subprocess.Process:
     extra = [] if heartbeat_interval is None else ["--heartbeat-interval", str(heartbeat_interval)]
+    if driven_heartbeats:
+        extra.append("--driven-heartbeats")
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "benchmarks.worker",
         "--url", url, "--token", token,
@@ -54,6 +57,7 @@ async def start_workers(
     classes: int,
     processes: int,
     heartbeat_interval: float | None = None,
+    driven_heartbeats: bool = False,
 ) -> list[asyncio.subprocess.Process]:
     """Start ``processes`` workers splitting clusters ``0..clusters-1`` between them."""
     share, extra = divmod(clusters, processes)
@@ -70,6 +74,7 @@ async def start_workers(
                     offset=offset,
                     classes=classes,
                     heartbeat_interval=heartbeat_interval,
+                    driven_heartbeats=driven_heartbeats,
                 )
             )
             offset += count

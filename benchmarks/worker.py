@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 
@@ -37,8 +38,10 @@ async def run(args: argparse.Namespace) -> None:
         connections=CONNECTIONS_PER_WORKER,
         labels_for=lambda i: labels(args.offset + i),
         name_for=lambda i: sim_name(args.offset + i),
+        driven_heartbeats=args.driven_heartbeats,
     )
     await fleet.start()
+    driver = asyncio.create_task(fleet.drive_heartbeats()) if args.driven_heartbeats else None
     try:
         print(f"registered {len(fleet.failed)}", flush=True)
         loop = asyncio.get_running_loop()
@@ -48,6 +51,10 @@ async def run(args: argparse.Namespace) -> None:
                 sent = sum(a.reporter.heartbeats_sent for a in fleet.agents)
                 print(f"sent {sent}", flush=True)
     finally:
+        if driver is not None:
+            driver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await driver
         await fleet.stop()
 
 
@@ -59,6 +66,7 @@ def main() -> int:
     parser.add_argument("--offset", type=int, required=True)
     parser.add_argument("--classes", type=int, required=True)
     parser.add_argument("--heartbeat-interval", type=float, default=None)
+    parser.add_argument("--driven-heartbeats", action="store_true")
     args = parser.parse_args()
     logs.configure("warning")
     logging.getLogger("asyncio").setLevel(logging.ERROR)

@@ -70,8 +70,12 @@ class Agent:
         token: str | None = None,
         blobs: BlobProvider | None = None,
         parsed: ParseCache | None = None,
+        own_heartbeats: bool = True,
     ) -> None:
         self.bus = bus
+        # False when something else calls reporter.beat() on this agent's behalf
+        # (a simulated fleet pacing many agents' heartbeats from one task).
+        self._own_heartbeats = own_heartbeats
         self.backend = backend
         self.store = store
         self.settings = settings
@@ -175,7 +179,8 @@ class Agent:
         self._tasks.spawn("reconcile", self.reconciler.run())
         self._tasks.spawn("session", self._session())
         self._tasks.spawn("status", self.reporter.run_status())
-        self._tasks.spawn("heartbeat", self.reporter.run_heartbeats())
+        if self._own_heartbeats:
+            self._tasks.spawn("heartbeat", self.reporter.run_heartbeats())
         log.info("agent.started", cluster=self.identity.cluster_id, name=self.name)
 
     async def run_forever(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from protocol.ids import deployment_id, manifest_id
 from protocol.messages import (
     DesiredBundle,
     ErrorReply,
+    Heartbeat,
     HelloReply,
     HelloRequest,
     RegisterReply,
@@ -334,3 +336,32 @@ async def test_reconnect_resyncs_and_sends_a_full_report(tmp_path: Path) -> None
         await nc.close()
     finally:
         await server.stop()
+
+
+async def test_driven_heartbeats_are_still_one_message_per_cluster(
+    nats_server: EmbeddedNats, fake_cp: FakeControlPlane
+) -> None:
+    """The benchmark's paced heartbeats: each cluster's own messages, on its own subject."""
+    await fake_cp.desired(subjects.desired(class_of("x", {}, ClassSchema()), "app"), "app")
+    seen: dict[str, list[int]] = {}
+    nc = await nats.connect(nats_server.url)
+
+    async def record(msg: Msg) -> None:
+        seen.setdefault(msg.subject, []).append(decode(msg.data, Heartbeat).seq)
+
+    await nc.subscribe("shoal.v1.hb.>", cb=record)
+    settings = FAST.model_copy(update={"heartbeat_interval": 0.1})
+    try:
+        async with SimulatedFleet(
+            count=20, token="good", settings=settings, url=nats_server.url, driven_heartbeats=True
+        ) as fleet:
+            driver = asyncio.create_task(fleet.drive_heartbeats(batch=7))
+            await until(lambda: len(seen) == 20 and min(map(len, seen.values())) >= 3, timeout=10)
+            driver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await driver
+            cluster_ids = {a.identity.cluster_id for a in fleet.agents if a.identity}
+    finally:
+        await nc.close()
+    assert {subject.rsplit(".", 1)[1] for subject in seen} == cluster_ids
+    assert all(seqs == sorted(set(seqs)) for seqs in seen.values())  # each its own sequence
