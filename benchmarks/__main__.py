@@ -43,6 +43,7 @@ async def _rollout(args: argparse.Namespace) -> dict[str, Any]:
             classes=args.classes,
             processes=args.processes,
             timeout=args.timeout,
+            driven=args.driven_heartbeats,
         )
     return await rollout.run(clusters=args.clusters, classes=args.classes, timeout=args.timeout)
 
@@ -152,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--driven-heartbeats",
         action="store_true",
-        help="heartbeat: one task per fleet process paces every agent's own heartbeat "
+        help="heartbeat, rollout with --processes: one task per fleet process paces every "
+        "agent's own heartbeat "
         "(Reporter.beat, one message per cluster) instead of one timer per agent, so the "
         "fleet offers more than its timers would allow on this machine",
     )

@@ -112,12 +112,15 @@ async def heartbeats_sent(workers: list[asyncio.subprocess.Process]) -> int:
     return sum(await asyncio.gather(*(ask(w) for w in workers)))
 
 
-async def run(*, clusters: int, classes: int, processes: int, timeout: float) -> dict[str, Any]:
+async def run(
+    *, clusters: int, classes: int, processes: int, timeout: float, driven: bool = False
+) -> dict[str, Any]:
     result: dict[str, Any] = {
         "scenario": "rollout",
         "clusters": clusters,
         "classes": classes,
         "processes": processes,
+        "driven_heartbeats": driven,
         "ready": 0,
         "errors": [],
         "not_measured": ["bytes_per_cluster", "blob_bytes", "ablation", "raw_nats_seconds"],
@@ -133,7 +136,12 @@ async def run(*, clusters: int, classes: int, processes: int, timeout: float) ->
         started = time.monotonic()
         try:
             workers = await start_workers(
-                bench.url, token, clusters=clusters, classes=classes, processes=processes
+                bench.url,
+                token,
+                clusters=clusters,
+                classes=classes,
+                processes=processes,
+                driven_heartbeats=driven,
             )
             async with asyncio.timeout(timeout):
                 failed = await registered(workers)
