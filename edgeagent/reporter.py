@@ -1,19 +1,21 @@
 """Status reports and heartbeats: what the control plane learns of this cluster.
 
-A :class:`StatusReport` carries every desired bundle's status and is sent
-when any of them changed, at most once per ``status_interval`` (changes in
-between are batched), with JetStream acknowledgement so the status stream
-holds the cluster's latest report. The reporter sleeps until the reconciler
-tells it of a change, so a thousand idle agents in one process cost no
-wake-ups. A report that could not be sent stays due and is retried with
-exponential backoff and jitter (a late JetStream ack is a failure too): when a
-whole site's agents fail at once, e.g. because the bus is overloaded, retrying
-them all on the next interval would repeat the overload, so each agent waits
-longer after each failure, at a random point of its window. The first failure
-of a streak is logged as a warning, later ones at debug level, and the
-recovery once. After a reconnect a full report is sent even if nothing
-changed. Heartbeats are core NATS and skipped when a report went out
-within the heartbeat interval, since the report proves liveness as well.
+A :class:`StatusReport` carries every desired bundle's status and is sent when
+any of them changed, a moment (``status_settle``) after the first change so
+that a burst of changes is one report, and at most once per
+``status_interval`` (changes in between are batched), with JetStream
+acknowledgement so the status stream holds the cluster's latest report. The
+reporter sleeps until the reconciler tells it of a change, so a thousand idle
+agents in one process cost no wake-ups. A report that could not be sent stays
+due and is retried with exponential backoff and jitter (a late JetStream ack
+is a failure too): when a whole site's agents fail at once, e.g. because the
+bus is overloaded, retrying them all on the next interval would repeat the
+overload, so each agent waits longer after each failure, at a random point of
+its window. The first failure of a streak is logged as a warning, later ones
+at debug level, and the recovery once. After a reconnect a full report is sent
+even if nothing changed. Heartbeats are core NATS and skipped when a report
+went out within the heartbeat interval, since the report proves liveness as
+well.
 
 Sequence numbers start from the wall clock in milliseconds, so they keep
 increasing across agent restarts without any saved counter.
@@ -148,8 +150,11 @@ class Reporter:
         return ceiling * (0.5 + 0.5 * random.random())
 
     async def run_status(self) -> None:
+        settle = min(self._settings.status_settle, self._settings.status_interval)
         while True:
             await self._wake.wait()
+            if settle > 0:
+                await asyncio.sleep(settle)  # changes that follow at once join this report
             self._wake.clear()
             await self.flush()
             await asyncio.sleep(self.retry_delay())

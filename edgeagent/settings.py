@@ -67,6 +67,12 @@ class AgentSettings(EnvSettings):
         description="At most one status report per this many seconds: changes within "
         "it are batched into one report.",
     )
+    status_settle: float = Field(
+        default=0.25,
+        description="Seconds a report waits after the first change (never longer than "
+        "status_interval), so a burst of changes (WaitApplied, NotReady, Ready within a "
+        "moment) goes out as one report rather than one per change.",
+    )
     heartbeat_interval: float = Field(
         default=5.0,
         description="Seconds between heartbeats; the control plane marks a cluster "

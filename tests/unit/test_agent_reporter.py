@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 
 from edgeagent.errors import BusUnavailable
@@ -73,3 +75,24 @@ async def test_recovery_sends_the_latest_state_and_resets_the_backoff() -> None:
     report = decode(payload, StatusReport)
     assert [b.state for b in report.bundles] == [State.READY]
     assert not rep.dirty
+
+
+async def test_a_burst_of_changes_goes_out_as_one_report() -> None:
+    """WaitApplied, NotReady, Ready within a moment: the control plane gets Ready, once."""
+    bus = MemoryBus()
+    source = Source(state=State.WAIT_APPLIED)
+    settings = AgentSettings(status_interval=1.0, status_settle=0.2)
+    rep = Reporter(bus, source, settings, identity=IDENTITY, clock=lambda: 1_000.0)
+    task = asyncio.create_task(rep.run_status())
+    try:
+        for version, state in enumerate((State.NOT_READY, State.READY), start=2):
+            await asyncio.sleep(0.05)
+            source.state, source.version = state, version
+            rep.notify()
+        await asyncio.sleep(0.4)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    [(_, payload)] = bus.durable
+    assert [b.state for b in decode(payload, StatusReport).bundles] == [State.READY]
