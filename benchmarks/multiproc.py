@@ -180,10 +180,14 @@ async def stop_workers(workers: list[asyncio.subprocess.Process]) -> None:
     for worker in workers:
         if worker.stdin is not None:
             worker.stdin.close()
-    for worker in workers:
+
+    async def stop(worker: asyncio.subprocess.Process) -> None:
         try:
             await asyncio.wait_for(worker.wait(), WORKER_STOP_TIMEOUT)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 worker.kill()
             await worker.wait()
+
+    # Together: a stop takes at most one timeout, not one per worker.
+    await asyncio.gather(*(stop(worker) for worker in workers))
