@@ -27,6 +27,8 @@ from shoal_cli import output
 from shoal_cli.client import AdminClient
 from shoal_cli.errors import CliError, UsageError
 
+APPLY_TIMEOUT = 180.0  # seconds for one bundle's upload and apply
+
 if TYPE_CHECKING:
     from bundles.build import BuildResult, BuiltBundle
     from bundles.templating import ClusterContext
@@ -92,7 +94,9 @@ async def apply(args: argparse.Namespace) -> int:
     result = await asyncio.to_thread(_build, args, validate=True)
     bundles = [_with_flags(b, args) for b in result.bundles]
     replies: list[admin.BundleApplied] = []
-    async with AdminClient(args.server) as client:
+    # The control plane renders every variant again before it accepts a bundle
+    # (Helm, Kustomize): give it longer than a plain request.
+    async with AdminClient(args.server, timeout=APPLY_TIMEOUT) as client:
         for bundle in bundles:
             blob = codec.encode_resources(bundle.resources)
             manifest = ids.manifest_id_of_blob(blob)
