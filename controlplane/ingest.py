@@ -26,14 +26,21 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from controlplane.fleet import Fleet
 from controlplane.settings import ServerSettings
 from controlplane.tasks import TaskSet
-from protocol import subjects
+from protocol import codec, subjects
 from protocol.errors import DecodeError
+from protocol.messages import StatusReport
 
 log = structlog.get_logger(__name__)
 
 FETCH_WAIT = 1.0
 RESTART_BACKOFF = 1.0
 MAX_RESTART_BACKOFF = 15.0
+# A report can reach a shard's owner before the owner's watch of the cluster
+# bucket shows the registration (another replica took it). Such a report is
+# kept, latest per cluster, and ingested once the cluster is known.
+PARKED_RETRY = 0.5  # seconds between looks at parked reports
+PARKED_MAX_AGE = 60.0  # seconds a report may wait for its cluster before it is dropped
+PARKED_MAX = 100_000  # reports parked at most (oldest dropped first)
 
 
 class Ingest:
@@ -55,6 +62,8 @@ class Ingest:
         self._tasks = tasks
         self._heartbeat_subs: dict[int, Subscription] = {}
         self._consumers: dict[int, asyncio.Task[None]] = {}
+        # cluster ID -> (since, subject, data, stream seq, stored at) of its latest report
+        self._parked: dict[str, tuple[float, str, bytes, int, float | None]] = {}
 
     def handle(
         self,
@@ -67,6 +76,10 @@ class Ingest:
     ) -> None:
         try:
             _, cluster_id = subjects.parse_cluster_subject(subject)
+            if kind == "status" and cluster_id not in self._fleet.registry.clusters:
+                codec.decode(data, StatusReport)  # garbage is dropped now, not parked
+                self._park(cluster_id, subject, data, stream_seq, stored_at)
+                return
             self._fleet.ingest(
                 cluster_id, data, now=time.time(), stream_seq=stream_seq, stored_at=stored_at
             )
@@ -75,6 +88,40 @@ class Ingest:
             log.warning("bus.message.dropped", kind=kind, subject=subject, error=str(exc))
         else:
             self.counters[f"{kind}_ingested"] += 1
+
+    def _park(
+        self, cluster_id: str, subject: str, data: bytes, seq: int, stored_at: float | None
+    ) -> None:
+        earlier = self._parked.pop(cluster_id, None)
+        since = earlier[0] if earlier else time.monotonic()
+        if len(self._parked) >= PARKED_MAX:
+            oldest = next(iter(self._parked))
+            del self._parked[oldest]
+            self.counters["status_dropped"] += 1
+        self._parked[cluster_id] = (since, subject, data, seq, stored_at)
+        self.counters["status_parked"] += 1
+
+    def retry_parked(self, now: float) -> None:
+        """Ingest parked reports whose cluster is known now; drop those that waited too long."""
+        for cluster_id, (since, subject, data, seq, stored_at) in list(self._parked.items()):
+            if cluster_id in self._fleet.registry.clusters:
+                del self._parked[cluster_id]
+                self.handle(subject, data, kind="status", stream_seq=seq, stored_at=stored_at)
+            elif now - since > PARKED_MAX_AGE:
+                del self._parked[cluster_id]
+                self.counters["status_dropped"] += 1
+                log.warning(
+                    "bus.message.dropped",
+                    kind="status",
+                    subject=subject,
+                    error=f"status for unknown cluster {cluster_id!r}",
+                )
+
+    async def retry_parked_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PARKED_RETRY)
+            if self._parked:
+                self.retry_parked(time.monotonic())
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         self.handle(msg.subject, msg.data, kind="heartbeat")

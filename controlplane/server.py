@@ -156,6 +156,7 @@ class ControlPlane:
         await self.leases.tick()  # take our share (all shards, when alone) before serving
         self._tasks.spawn("leases", self.leases.run())
         self._tasks.spawn("offline-sweep", ingest.sweep_offline())
+        self._tasks.spawn("parked-status", ingest.retry_parked_forever())
         self._tasks.spawn("resync", self._resync_loop())
         self._tasks.spawn("gitrepos", self.gitrepos.run())
         if settings.webhook_listen:

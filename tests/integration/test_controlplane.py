@@ -310,3 +310,33 @@ async def test_a_replica_with_another_shard_count_is_refused(
     with pytest.raises(ControlPlaneError, match=f"--shards {cp_settings.shards}"):
         async with ControlPlane(other):
             pass
+
+
+async def test_a_report_that_beats_its_registration_is_kept_until_the_cluster_is_known(
+    control_plane: ControlPlane, nc: Client
+) -> None:
+    """With several replicas, a shard's owner may read a cluster's first report before its
+    watch of the cluster bucket shows the registration another replica took."""
+    token = await h.create_token(nc)
+    reg = await h.register(nc, token, "shop-1", {"env": "prod"})
+    assert isinstance(reg, RegisterReply)
+    applied = await h.apply_bundle(nc, "web", h.resources("1"))
+    assert isinstance(applied, admin.BundleApplied)
+    registry = control_plane.fleet.registry
+    record = registry.clusters.pop(reg.cluster_id)  # this replica has not seen it yet
+
+    await h.report(nc, reg, {"web": (applied.deployment_ids[0], State.READY)})
+
+    async def parked() -> bool:
+        return (await h.stats(nc)).get("status_parked", 0) >= 1
+
+    await eventually(parked)
+    assert (await h.bundles(nc))["web"].states.get(State.READY, 0) == 0
+
+    registry.clusters[reg.cluster_id] = record  # the watch catches up
+
+    async def ready() -> bool:
+        return (await h.bundles(nc))["web"].states.get(State.READY, 0) == 1
+
+    await eventually(ready, timeout=5)
+    assert (await h.stats(nc)).get("status_dropped", 0) == 0
