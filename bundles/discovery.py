@@ -56,6 +56,7 @@ from protocol.models import (
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 MAX_NAME = 53  # Helm's limit for release names, which Fleet derives from bundle names
 FLEET_IGNORE = ".fleetignore"
+KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml")
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,10 @@ def determine_style(names: Sequence[str], options: DeploymentOptions) -> BundleS
     if chart:
         return BundleStyle("helm", remote_chart=True)
     directory = options.kustomize.dir if options.kustomize else ""
-    kustomization = _normal(posixpath.join(directory, "kustomization.yaml"))
-    if kustomization in present:
-        return BundleStyle("kustomize", kustomize_dir=posixpath.dirname(kustomization) or ".")
+    for name in KUSTOMIZATION_NAMES:
+        kustomization = _normal(posixpath.join(directory, name))
+        if kustomization in present:
+            return BundleStyle("kustomize", kustomize_dir=posixpath.dirname(kustomization) or ".")
     return BundleStyle("manifests")
 
 

@@ -70,12 +70,8 @@ class CorrectDrift(_Model):
     keep_fail_history: bool = Field(default=False, alias="keepFailHistory")
 
 
-class TargetCustomization(_Model):
-    """One entry of ``targetCustomizations``: which clusters, and what changes for them.
-
-    ``deleteNamespace`` and ``ignore`` are read but, as in Fleet's merge of a
-    customization, only the bundle-level values count.
-    """
+class _Criteria(_Model):
+    """Which clusters a target picks (``targetCustomizations`` and ``overrideTargets``)."""
 
     name: str = ""
     cluster_selector: LabelSelector | None = Field(default=None, alias="clusterSelector")
@@ -83,9 +79,18 @@ class TargetCustomization(_Model):
     cluster_group_selector: LabelSelector | None = Field(default=None, alias="clusterGroupSelector")
     cluster_name: str = Field(default="", alias="clusterName")
     do_not_deploy: bool = Field(default=False, alias="doNotDeploy")
-    namespace: str = ""
+
+
+class _Deployment(_Model):
+    """How a bundle deploys: the fields a ``fleet.yaml`` and a customization both have."""
+
     default_namespace: str = Field(default="", alias="defaultNamespace")
+    namespace: str = ""
     service_account: str = Field(default="", alias="serviceAccount")
+    namespace_labels: dict[str, str] = Field(default_factory=dict, alias="namespaceLabels")
+    namespace_annotations: dict[str, str] = Field(
+        default_factory=dict, alias="namespaceAnnotations"
+    )
     helm: HelmOptions | None = None
     kustomize: KustomizeOptions | None = None
     yaml: YamlOptions | None = None
@@ -94,24 +99,21 @@ class TargetCustomization(_Model):
     keep_resources: bool = Field(default=False, alias="keepResources")
     delete_namespace: bool = Field(default=False, alias="deleteNamespace")
     ignore: IgnoreOptions | None = None
-    namespace_labels: dict[str, str] = Field(default_factory=dict, alias="namespaceLabels")
-    namespace_annotations: dict[str, str] = Field(
-        default_factory=dict, alias="namespaceAnnotations"
-    )
 
 
-class OverrideTarget(_Model):
+class TargetCustomization(_Criteria, _Deployment):
+    """One entry of ``targetCustomizations``: which clusters, and what changes for them.
+
+    ``deleteNamespace`` and ``ignore`` are read but, as in Fleet's merge of a
+    customization, only the bundle-level values count.
+    """
+
+
+class OverrideTarget(_Criteria):
     """One entry of ``overrideTargets``: a GitRepo-style target that replaces the source's."""
 
-    name: str = ""
-    cluster_selector: LabelSelector | None = Field(default=None, alias="clusterSelector")
-    cluster_group: str = Field(default="", alias="clusterGroup")
-    cluster_group_selector: LabelSelector | None = Field(default=None, alias="clusterGroupSelector")
-    cluster_name: str = Field(default="", alias="clusterName")
-    do_not_deploy: bool = Field(default=False, alias="doNotDeploy")
 
-
-class FleetYaml(_Model):
+class FleetYaml(_Deployment):
     """The content of a ``fleet.yaml``, field for field as Fleet defines it.
 
     ``targets`` (Fleet's inline bundle spec allows it) act as customizations
@@ -120,21 +122,6 @@ class FleetYaml(_Model):
 
     name: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
-    default_namespace: str = Field(default="", alias="defaultNamespace")
-    namespace: str = ""
-    service_account: str = Field(default="", alias="serviceAccount")
-    namespace_labels: dict[str, str] = Field(default_factory=dict, alias="namespaceLabels")
-    namespace_annotations: dict[str, str] = Field(
-        default_factory=dict, alias="namespaceAnnotations"
-    )
-    helm: HelmOptions | None = None
-    kustomize: KustomizeOptions | None = None
-    yaml: YamlOptions | None = None
-    diff: DiffOptions | None = None
-    correct_drift: CorrectDrift | None = Field(default=None, alias="correctDrift")
-    keep_resources: bool = Field(default=False, alias="keepResources")
-    delete_namespace: bool = Field(default=False, alias="deleteNamespace")
-    ignore: IgnoreOptions | None = None
     paused: bool = False
     rollout_strategy: dict[str, Any] = Field(default_factory=dict, alias="rolloutStrategy")
     targets: tuple[TargetCustomization, ...] = ()

@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bundles import helm, kustomize
+from bundles.discovery import determine_style
 from bundles.errors import BundleError
 from bundles.overlays import apply_overlays, raw_manifests
 from bundles.templating import ClusterContext, render_helm
@@ -62,16 +63,11 @@ HELM, KUSTOMIZE, MANIFESTS = "helm", "kustomize", "manifests"
 
 
 def kind_of(resources: Iterable[BundleResource], options: DeploymentOptions) -> str:
-    """Which engine renders this bundle: ``helm``, ``kustomize`` or ``manifests``."""
-    names = {r.name for r in resources}
-    if (options.helm is not None and options.helm.chart) or "Chart.yaml" in names:
-        return HELM
-    if (
-        _join(_kustomize_dir(options), "kustomization.yaml") in names
-        or _join(_kustomize_dir(options), "kustomization.yml") in names
-    ):
-        return KUSTOMIZE
-    return MANIFESTS
+    """Which engine renders this bundle: ``helm``, ``kustomize`` or ``manifests``.
+
+    The same decision discovery makes (:func:`bundles.discovery.determine_style`).
+    """
+    return determine_style([r.name for r in resources], options).kind
 
 
 def render(

@@ -107,14 +107,11 @@ async def objects_for(
     sees the cluster's version and APIs through ``capabilities``.
     """
     overlays = options.yaml.overlays if options.yaml is not None else ()
-    engine = bundle_render.kind_of(loaded.resources, options) != bundle_render.MANIFESTS
-    if loaded.plain is not None and not overlays and not engine:
+    kind = bundle_render.kind_of(loaded.resources, options)
+    if loaded.plain is not None and not overlays and kind == bundle_render.MANIFESTS:
         return place(loaded.plain, options)
     caps = Capabilities()
-    if (
-        capabilities is not None
-        and bundle_render.kind_of(loaded.resources, options) == bundle_render.HELM
-    ):
+    if capabilities is not None and kind == bundle_render.HELM:
         caps = await capabilities()
     try:
         return await asyncio.to_thread(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,7 +88,7 @@ def _with_flags(bundle: BuiltBundle, args: argparse.Namespace) -> BuiltBundle:
         return bundle
     options = bundle.spec.options.model_copy(update=changes)
     spec = bundle.spec.model_copy(update={"options": options})
-    return type(bundle)(bundle.path, spec, bundle.resources)
+    return dataclasses.replace(bundle, spec=spec)
 
 
 async def apply(args: argparse.Namespace) -> int:
