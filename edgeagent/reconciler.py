@@ -123,7 +123,7 @@ class Reconciler:
                         bundle=name, deployment_id=message.deployment_id, state=State.WAIT_APPLIED
                     ),
                 )
-                self._changed()
+                self._changed(notify=False)
             elif existing.desired != message:
                 if existing.desired.deployment_id != message.deployment_id:
                     existing.failures = 0
@@ -205,9 +205,16 @@ class Reconciler:
         ceiling = min(s.retry_max, s.retry_initial * 2 ** max(0, failures - 1))
         return float(ceiling * (0.5 + 0.5 * random.random()))
 
-    def _changed(self) -> None:
+    def _changed(self, *, notify: bool = True) -> None:
+        """A status changed; ``notify=False`` leaves it for the next report to carry.
+
+        WaitApplied is quiet: the control plane already counts a targeted
+        cluster that has not reported the deployment as WaitApplied (or, on an
+        update, as OutOfSync), and at fleet scale a report per cluster at the
+        start of every rollout would compete with the blob downloads it waits on.
+        """
         self.version += 1
-        if self.on_change is not None:
+        if notify and self.on_change is not None:
             self.on_change()
 
     def _set(
@@ -218,6 +225,7 @@ class Reconciler:
         message: str = "",
         non_ready: tuple[ResourceCondition, ...] = (),
         modified: tuple[ResourceCondition, ...] = (),
+        notify: bool = True,
     ) -> None:
         # A paused bundle reports the deployment it holds, which is not the desired one.
         held = record.applied if record.holding else None
@@ -231,7 +239,7 @@ class Reconciler:
         )
         if status != record.status:
             record.status = status
-            self._changed()
+            self._changed(notify=notify)
             if state == State.READY:
                 self._wake_dependents()
 
@@ -350,7 +358,7 @@ class Reconciler:
             cluster=self.cluster, bundle=desired.bundle, deployment_id=desired.deployment_id
         )
         if first:
-            self._set(record, State.WAIT_APPLIED)
+            self._set(record, State.WAIT_APPLIED, notify=False)
         try:
             deployment = await self._prepare(desired)
             async with asyncio.timeout(self.settings.apply_timeout):
