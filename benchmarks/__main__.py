@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import failover, footprint, harness, heartbeat, multiproc, reconnect, rollout
-from shoal_cli import logs
+from shoal_cli import gcpolicy, logs
 
 DEFAULT_CLUSTERS = 1000
 DEFAULT_CLASSES = 4
@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.clusters < 1 or args.classes < 1 or args.timeout <= 0:
         print("--clusters, --classes and --timeout must be positive", file=sys.stderr)
         return 2
+    gcpolicy.tune()
     logs.configure(HARNESS_LOG_LEVEL)
     logging.getLogger("asyncio").setLevel(logging.ERROR)
     func, _ = SCENARIOS[args.scenario]

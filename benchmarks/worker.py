@@ -20,7 +20,7 @@ import sys
 from benchmarks import harness as h
 from benchmarks.rollout import FLEET_SETTINGS
 from edgeagent.simfleet import SimulatedFleet, sim_name
-from shoal_cli import logs
+from shoal_cli import gcpolicy, logs
 
 CONNECTIONS_PER_WORKER = 4
 
@@ -68,6 +68,7 @@ def main() -> int:
     parser.add_argument("--heartbeat-interval", type=float, default=None)
     parser.add_argument("--driven-heartbeats", action="store_true")
     args = parser.parse_args()
+    gcpolicy.tune()
     logs.configure("warning")
     logging.getLogger("asyncio").setLevel(logging.ERROR)
     asyncio.run(run(args))

@@ -22,6 +22,7 @@ from shoal_cli import (
     agent_cmd,
     bundle_cmds,
     demo_cmd,
+    gcpolicy,
     gitrepo_cmds,
     logs,
     output,
@@ -245,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     long_running = args.command in ("server", "agent")
+    if long_running or args.command == "demo":
+        gcpolicy.tune()
     logs.configure(args.log_level or ("info" if long_running else "warning"), args.log_format)
     func: Command = args.func
     try:
