@@ -317,8 +317,11 @@ class NatsBus:
 
     async def fetch_blob(self, manifest_id: str) -> bytes:
         try:
-            js = self._jetstream()
             if self._objects is None:
+                # Its API calls get the whole download's budget, not nats-py's 5 s
+                # default: on a busy link or loop that default failed downloads the
+                # caller was still willing to wait for.
+                js = self._client().jetstream(timeout=self._settings.blob_timeout)
                 self._objects = await js.object_store(subjects.BLOB_BUCKET)
             result = await self._objects.get(manifest_id)
         except nats.js.errors.NotFoundError as exc:

@@ -64,9 +64,18 @@ class DesiredState:
             touched.add(message.bundle)
         if not _newer(message, bundles.get(message.bundle)):
             return False
-        before = self.effective()
+        before = self._governing(message.bundle)
         bundles[message.bundle] = message
-        return self.effective() != before
+        after = self._governing(message.bundle)
+        return after is not before and after != before
+
+    def _governing(self, bundle: str) -> DesiredBundle | None:
+        """The message :meth:`effective` holds for ``bundle``, without building it all."""
+        for scope in (Scope.CLUSTER, Scope.CLASS):
+            message = self._scopes[scope].get(bundle)
+            if message is not None and not message.deleted:
+                return message
+        return None
 
     def begin_snapshot(self, scope: Scope) -> None:
         """Start recording live messages for ``scope`` until :meth:`end_snapshot`."""
