@@ -1,29 +1,52 @@
 """``rollout --processes P``: the rollout scenario with the fleet spread over P processes.
 
-The single-process rollout measures everything (bytes on the wire, blob
-downloads, the per-cluster ablation) but one Python process saturates at
-some tens of thousands of clusters. Here P worker processes
-(:mod:`benchmarks.worker`) each run a slice of the fleet; the harness keeps
-the control plane's view: registration time (until every worker reports its
-slice started), convergence on a first bundle, control-plane memory per
-cluster, and the rollout of a second bundle until the control plane shows all
-N Ready, with its publishes and CPU. Figures that need the agents' objects
-(desired bytes per cluster, blob downloads, the ablation) are left to the
-single-process run.
+One Python process saturates at some tens of thousands of simulated clusters,
+so here P worker processes (:mod:`benchmarks.worker`) each run a slice of the
+fleet while the harness, idle otherwise, measures what the single-process
+rollout (:mod:`benchmarks.rollout`) does, but the ablation:
+
+* registration time (until every worker reports its slice started),
+  convergence on a first bundle and control-plane memory per cluster;
+* the rollout of a second bundle until the control plane shows all N Ready,
+  with its publishes and CPU;
+* on the harness's own connection, the status reports (``StatusTap``: when
+  every cluster had reported the new deployment Ready, how many reports and
+  their size) and the desired-state messages (``DesiredTap``). The harness has
+  no agent objects to charge a class message to, so it asks each worker over
+  the stdin/stdout line protocol how many of its agents subscribe to each
+  class's subject (the same count ``DesiredTap.delivered`` takes of a fleet
+  in this process) and charges the sum; each worker also counts the blobs its
+  fleet downloaded (one download per fleet connection, as in one process);
+* after the workers stopped, the raw NATS reference
+  (:mod:`benchmarks.rawnats`) with the measured message sizes and counts, on
+  as many connections as the workers' fleets used in all.
+
+The per-cluster ablation needs every cluster's ID in one publisher and is left
+to the single-process run (``not_measured``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 from benchmarks import harness as h
-from benchmarks.rollout import BASE_BUNDLE, ROLLOUT_BUNDLE, RSS_SETTLE_SECONDS
+from benchmarks.rollout import BASE_BUNDLE, ROLLOUT_BUNDLE, RSS_SETTLE_SECONDS, raw_reference
+from benchmarks.taps import DesiredTap, StatusTap
+from benchmarks.worker import CONNECTIONS_PER_WORKER
+from protocol import ids
+from protocol.models import DeploymentOptions
+from shoal_cli.client import AdminClient
 
 WORKER_STOP_TIMEOUT = 60.0
+# Once the control plane shows all Ready, how long the harness's status tap may
+# take to catch up with reports still queued on its connection.
+STATUS_TAP_GRACE = 5.0
 
 
 async def _start_worker(
@@ -97,19 +120,39 @@ async def registered(workers: list[asyncio.subprocess.Process]) -> int:
     return sum(await asyncio.gather(*(_registered(w) for w in workers)))
 
 
+async def _ask(worker: asyncio.subprocess.Process, command: str) -> str:
+    """Send ``command`` to a worker; its answer (see :mod:`benchmarks.worker`)."""
+    assert worker.stdin is not None and worker.stdout is not None
+    worker.stdin.write(f"{command}\n".encode())
+    await worker.stdin.drain()
+    name, _, answer = (await worker.stdout.readline()).decode().strip().partition(" ")
+    if name != command or answer in ("", "unknown"):
+        raise RuntimeError(f"worker {worker.pid} did not answer {command!r}")
+    return answer
+
+
+async def ask(workers: list[asyncio.subprocess.Process], command: str) -> list[str]:
+    """Every worker's answer to ``command``, asked together."""
+    return list(await asyncio.gather(*(_ask(w, command) for w in workers)))
+
+
 async def heartbeats_sent(workers: list[asyncio.subprocess.Process]) -> int:
     """Heartbeats the workers' agents have sent so far, summed."""
+    return sum(int(answer) for answer in await ask(workers, "sent"))
 
-    async def ask(worker: asyncio.subprocess.Process) -> int:
-        assert worker.stdin is not None and worker.stdout is not None
-        worker.stdin.write(b"sent\n")
-        await worker.stdin.drain()
-        line = (await worker.stdout.readline()).decode().split()
-        if len(line) != 2 or line[0] != "sent":
-            raise RuntimeError(f"worker {worker.pid} did not answer")
-        return int(line[1])
 
-    return sum(await asyncio.gather(*(ask(w) for w in workers)))
+async def members_per_class(workers: list[asyncio.subprocess.Process]) -> Counter[str]:
+    """How many of the workers' agents subscribe to each class's subject, summed."""
+    members: Counter[str] = Counter()
+    for answer in await ask(workers, "members"):
+        members.update(json.loads(answer))
+    return members
+
+
+async def blobs_downloaded(workers: list[asyncio.subprocess.Process]) -> tuple[int, int]:
+    """(downloads, bytes) into the workers' blob caches so far, summed."""
+    answers = [answer.split() for answer in await ask(workers, "blobs")]
+    return sum(int(puts) for puts, _ in answers), sum(int(size) for _, size in answers)
 
 
 async def run(
@@ -120,10 +163,11 @@ async def run(
         "clusters": clusters,
         "classes": classes,
         "processes": processes,
+        "connections": processes * CONNECTIONS_PER_WORKER,
         "driven_heartbeats": driven,
         "ready": 0,
         "errors": [],
-        "not_measured": ["bytes_per_cluster", "blob_bytes", "ablation", "raw_nats_seconds"],
+        "not_measured": ["ablation"],
     }
     workers: list[asyncio.subprocess.Process] = []
     async with h.Bench() as bench, bench.client() as client:
@@ -156,24 +200,74 @@ async def run(
             result["cp_rss_bytes_per_cluster"] = round(
                 (bench.cp.rss_bytes() - rss_before) / clusters, 1
             )
-            before = await h.stats(client)
-            cpu_before = bench.cp.cpu_seconds()
-            h.say(f"rollout: applying {ROLLOUT_BUNDLE} to {clusters} clusters")
-            started = time.monotonic()
-            await h.apply_bundle(client, ROLLOUT_BUNDLE, "1")
-            ready, _ = await h.wait_ready(
-                client, ROLLOUT_BUNDLE, clusters, timeout=timeout, label=ROLLOUT_BUNDLE
-            )
-            result["seconds_to_all_ready"] = round(time.monotonic() - started, 3)
-            result["ready"] = ready
-            result["cp_cpu_seconds"] = round(bench.cp.cpu_seconds() - cpu_before, 3)
-            after = await h.stats(client)
-            result["cp_publishes"] = after["desired_publishes"] - before["desired_publishes"]
-            if ready < clusters:
-                result["errors"].append(f"only {ready} of {clusters} Ready within {timeout} s")
+            await _rollout(client, bench.cp, workers, result, timeout=timeout)
         finally:
             await stop_workers(workers)
+        await raw_reference(bench.url, result, timeout=timeout)
     return result
+
+
+async def _rollout(
+    client: AdminClient,
+    cp: h.ControlPlaneProcess,
+    workers: list[asyncio.subprocess.Process],
+    result: dict[str, Any],
+    *,
+    timeout: float,
+) -> None:
+    """Apply the second bundle; measure it from the control plane and the harness's taps."""
+    clusters = result["clusters"]
+    desired_tap, status_tap = DesiredTap(client.nc), StatusTap(client.nc)
+    await desired_tap.start()
+    await status_tap.start()
+    try:
+        manifest, _ = h.bundle_blob(ROLLOUT_BUNDLE, "1")
+        status_tap.watch(ROLLOUT_BUNDLE, ids.deployment_id(manifest, DeploymentOptions()), clusters)
+        before = await h.stats(client)
+        cpu_before = cp.cpu_seconds()
+        blobs_before = await blobs_downloaded(workers)
+        h.say(f"rollout: applying {ROLLOUT_BUNDLE} to {clusters} clusters")
+        started = time.monotonic()
+        await h.apply_bundle(client, ROLLOUT_BUNDLE, "1")
+        ready, _ = await h.wait_ready(
+            client, ROLLOUT_BUNDLE, clusters, timeout=timeout, label=ROLLOUT_BUNDLE
+        )
+        result["seconds_to_all_ready"] = round(time.monotonic() - started, 3)
+        result["cp_cpu_seconds"] = round(cp.cpu_seconds() - cpu_before, 3)
+        after = await h.stats(client)
+        await _all_reported(status_tap, started, result, wait=ready >= clusters)
+        members = await members_per_class(workers)
+        blobs_after = await blobs_downloaded(workers)
+    finally:
+        await desired_tap.stop()
+        await status_tap.stop()
+    result["ready"] = ready
+    result["cp_publishes"] = after["desired_publishes"] - before["desired_publishes"]
+    result["cp_status_ingested"] = after.get("status_ingested", 0) - before.get(
+        "status_ingested", 0
+    )
+    result.update(desired_tap.figures(members, clusters=clusters))
+    result["blob_downloads"] = blobs_after[0] - blobs_before[0]
+    result["blob_bytes"] = blobs_after[1] - blobs_before[1]
+    result.update(status_tap.figures())
+    h.say(
+        f"rollout: {ready}/{clusters} Ready in {result['seconds_to_all_ready']:.2f} s, "
+        f"{result['cp_publishes']} control-plane publishes, "
+        f"{result['bytes_per_cluster']} desired bytes per cluster"
+    )
+    if ready < clusters:
+        result["errors"].append(f"only {ready} of {clusters} Ready within {timeout} s")
+
+
+async def _all_reported(
+    tap: StatusTap, started: float, result: dict[str, Any], *, wait: bool
+) -> None:
+    """``seconds_to_all_reported``: when the tap saw every cluster report the rollout Ready."""
+    if wait:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tap.done.wait(), STATUS_TAP_GRACE)
+    if tap.done.is_set():
+        result["seconds_to_all_reported"] = round(tap.done_at - started, 3)
 
 
 async def stop_workers(workers: list[asyncio.subprocess.Process]) -> None:

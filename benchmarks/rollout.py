@@ -148,7 +148,7 @@ async def run(*, clusters: int, classes: int, timeout: float) -> dict[str, Any]:
             await _ablation(client, fleet, result, timeout=timeout)
         finally:
             await fleet.stop()
-        await _raw_reference(bench.url, result, timeout=timeout)
+        await raw_reference(bench.url, result, timeout=timeout)
     return result
 
 
@@ -284,7 +284,7 @@ async def _ablation(
     )
 
 
-async def _raw_reference(url: str, result: dict[str, Any], *, timeout: float) -> None:
+async def raw_reference(url: str, result: dict[str, Any], *, timeout: float) -> None:
     h.say("raw NATS reference")
     seconds = await raw_nats_seconds(
         url,

@@ -9,7 +9,9 @@ subjects the agents use (``shoal.v1.desired.>``, ``shoal.v1.cluster.*.desired.>`
 and the schema) and charges each message to the clusters that subscribe to its
 subject: the class's members, the one cluster of a per-cluster subject, or
 everyone for the schema. Payload bytes are counted apart from the subject
-(what a ``MSG`` line adds besides a few bytes of framing).
+(what a ``MSG`` line adds besides a few bytes of framing). When the fleet runs
+in worker processes, each worker counts its own agents per class
+(:func:`class_members`) and the harness charges the sum.
 
 The status tap counts status reports and their bytes during the rollout (the
 raw NATS reference sends the same number of that size), and can track which
@@ -22,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
@@ -37,6 +39,14 @@ from protocol.messages import StatusReport
 from protocol.states import State
 
 _CLASS_TOKEN = 3  # shoal.v1.desired.<class>.<bundle>
+
+
+def class_members(agents: Iterable[Agent]) -> Counter[str]:
+    """How many of ``agents`` subscribe to each class's subject, by each one's current schema."""
+    return Counter(
+        class_of(agent.name, agent.labels, agent.desired.schema or ClassSchema())
+        for agent in agents
+    )
 
 
 @dataclass
@@ -61,13 +71,25 @@ class DesiredTap:
             await sub.unsubscribe()
         self._subs = []
 
+    def figures(self, members: Mapping[str, int], *, clusters: int) -> dict[str, int | float]:
+        """The rollout's desired-state figures, for a fleet of ``clusters`` given by class."""
+        deliveries, payload, subject_bytes = self.delivered_to(members)
+        return {
+            "desired_messages_published": len(self.messages),
+            "desired_deliveries": deliveries,
+            "bytes_per_cluster": round(payload / clusters, 1),
+            "bytes_per_cluster_with_subjects": round((payload + subject_bytes) / clusters, 1),
+            "desired_message_bytes": max((size for _, size in self.messages), default=0),
+        }
+
     def delivered(self, agents: Iterable[Agent]) -> tuple[int, int, int]:
         """(deliveries, payload bytes, subject bytes) summed over every receiving cluster."""
-        members: Counter[str] = Counter()
-        total = 0
-        for agent in agents:
-            members[class_of(agent.name, agent.labels, agent.desired.schema or ClassSchema())] += 1
-            total += 1
+        return self.delivered_to(class_members(agents))
+
+    def delivered_to(self, members: Mapping[str, int]) -> tuple[int, int, int]:
+        """:meth:`delivered` for a fleet given as its clusters per class (:func:`class_members`,
+        summed over the processes the fleet runs in)."""
+        total = sum(members.values())
         deliveries = payload = subject_bytes = 0
         for subject, size in self.messages:
             parts = subject.split(".")
@@ -138,3 +160,11 @@ class StatusTap:
     @property
     def mean_size(self) -> int:
         return self.bytes // self.count if self.count else 0
+
+    def figures(self) -> dict[str, int]:
+        """The status reports seen: how many, their bytes, their mean size."""
+        return {
+            "status_messages": self.count,
+            "status_bytes": self.bytes,
+            "status_message_bytes": self.mean_size,
+        }

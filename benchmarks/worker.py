@@ -4,9 +4,16 @@ One Python process runs about 600 simulated clusters' rollouts per second
 (see README): beyond some tens of thousands, the fleet must be spread over
 processes. A worker runs clusters ``offset .. offset+count-1`` (names and
 labels as the single-process fleet gives them), prints ``registered <failed>``
-on stdout once they are all started, then answers each ``sent`` line on its
-stdin with ``sent <heartbeats sent so far>`` (the ``heartbeat`` scenario's
-offered rate), and stops when its stdin closes.
+on stdout once they are all started, then answers each command line on its
+stdin with one line on stdout, the command followed by its answer, and stops
+when its stdin closes:
+
+* ``sent``: ``sent <heartbeats sent so far>`` (the ``heartbeat`` scenario's
+  offered rate);
+* ``members``: ``members <JSON object>``, how many of its agents subscribe to
+  each class's subject (:func:`benchmarks.taps.class_members`), which the
+  harness's desired-state tap charges the class messages to;
+* ``blobs``: ``blobs <downloads> <bytes>`` put into its fleet's blob cache so far.
 """
 
 from __future__ import annotations
@@ -14,15 +21,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 
 from benchmarks import harness as h
-from benchmarks.rollout import FLEET_SETTINGS
+from benchmarks.rollout import FLEET_SETTINGS, CountingBlobCache
+from benchmarks.taps import class_members
 from edgeagent.simfleet import SimulatedFleet, sim_name
 from shoal_cli import gcpolicy, logs
 
 CONNECTIONS_PER_WORKER = 4
+
+
+def answer(command: str, fleet: SimulatedFleet, blobs: CountingBlobCache) -> str:
+    """The answer to one of the harness's commands (see the module docstring)."""
+    match command:
+        case "sent":
+            return str(sum(a.reporter.heartbeats_sent for a in fleet.agents))
+        case "members":
+            return json.dumps(class_members(fleet.agents))
+        case "blobs":
+            return f"{blobs.puts} {blobs.bytes}"
+        case _:
+            return "unknown"
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -40,6 +62,8 @@ async def run(args: argparse.Namespace) -> None:
         name_for=lambda i: sim_name(args.offset + i),
         driven_heartbeats=args.driven_heartbeats,
     )
+    blobs = CountingBlobCache()
+    fleet.blob_cache = blobs
     await fleet.start()
     driver = asyncio.create_task(fleet.drive_heartbeats()) if args.driven_heartbeats else None
     try:
@@ -47,9 +71,8 @@ async def run(args: argparse.Namespace) -> None:
         loop = asyncio.get_running_loop()
         # Until the harness closes stdin (readline returns "").
         while line := await loop.run_in_executor(None, sys.stdin.readline):
-            if line.strip() == "sent":
-                sent = sum(a.reporter.heartbeats_sent for a in fleet.agents)
-                print(f"sent {sent}", flush=True)
+            if command := line.strip():
+                print(f"{command} {answer(command, fleet, blobs)}", flush=True)
     finally:
         if driver is not None:
             driver.cancel()

@@ -7,8 +7,9 @@ the issue names; all clusters Ready; and the rollout of a bundle that changes
 no selector key must cost exactly one control-plane publish per class (the
 first bundle put ``class`` into the schema before the fleet registered, so the
 rollout republishes no schema). The ``failover``, ``rollout --processes`` and
-``reconnect`` scenarios run the same way at the same small N, each checked
-for its own contract.
+``reconnect`` scenarios run the same way at a small N, each checked for its
+own contract; ``rollout --processes 2`` (40 clusters) must report the same
+figures as the single-process run but the ablation.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from benchmarks.worker import CONNECTIONS_PER_WORKER
 
 CLUSTERS = 30
 CLASSES = 3
@@ -37,6 +40,21 @@ REQUIRED = (
     "cp_cpu_seconds",
     "blob_bytes",
     "machine",
+)
+PROCESSES_CLUSTERS = 40
+# The single-process contract but the ablation, plus what the harness's taps add.
+PROCESSES_REQUIRED = (
+    *(key for key in REQUIRED if not key.startswith("ablation_")),
+    "bytes_per_cluster_with_subjects",
+    "desired_messages_published",
+    "desired_deliveries",
+    "desired_message_bytes",
+    "seconds_to_all_reported",
+    "status_messages",
+    "status_bytes",
+    "status_message_bytes",
+    "blob_downloads",
+    "ratio_to_raw",
 )
 RECONNECT_CLUSTERS = 40
 RECONNECT_REQUIRED = (
@@ -103,12 +121,28 @@ def test_failover_scenario_survives_the_leader(tmp_path: Path) -> None:
 
 
 def test_rollout_over_worker_processes(tmp_path: Path) -> None:
-    result = run_bench("rollout", tmp_path, extra=("--processes", "2"))
+    result = run_bench("rollout", tmp_path, clusters=PROCESSES_CLUSTERS, extra=("--processes", "2"))
+    missing = [key for key in PROCESSES_REQUIRED if key not in result]
+    assert not missing, missing
     assert result["ok"], result["errors"]
+    assert result["not_measured"] == ["ablation"]
     assert result["processes"] == 2
-    assert result["ready"] == CLUSTERS
+    assert result["connections"] == 2 * CONNECTIONS_PER_WORKER
+    assert result["ready"] == PROCESSES_CLUSTERS
     assert result["registration_failed"] == 0
     assert result["cp_publishes"] == CLASSES
+    assert result["desired_messages_published"] == CLASSES
+    # Every cluster, whichever worker runs it, is charged its class's message once.
+    assert result["desired_deliveries"] == PROCESSES_CLUSTERS
+    assert 0 < result["bytes_per_cluster"] <= 256
+    assert result["bytes_per_cluster_with_subjects"] > result["bytes_per_cluster"]
+    assert result["status_messages"] >= PROCESSES_CLUSTERS
+    assert result["status_message_bytes"] > 0
+    assert result["seconds_to_all_reported"] > 0
+    assert result["blob_downloads"] >= 1
+    assert result["blob_bytes"] > 0
+    assert result["raw_nats_seconds"] > 0
+    assert result["ratio_to_raw"] > 0
 
 
 def test_reconnect_scenario_reconverges_after_the_link_returns(tmp_path: Path) -> None:
