@@ -33,7 +33,7 @@ from edgeagent import identity as identity_mod
 from edgeagent.backend import ClusterBackend
 from edgeagent.blobs import BlobProvider, Blobs
 from edgeagent.bus import AgentBus, Handler, NatsBus, Subscription
-from edgeagent.desired import DesiredState, Scope
+from edgeagent.desired import DecodedMessages, DesiredState, Scope
 from edgeagent.errors import AgentError, BusError, BusUnavailable, IdentityError, StateStoreError
 from edgeagent.reconciler import Reconciler
 from edgeagent.render import ParseCache
@@ -70,6 +70,7 @@ class Agent:
         token: str | None = None,
         blobs: BlobProvider | None = None,
         parsed: ParseCache | None = None,
+        decoded: DecodedMessages | None = None,
         own_heartbeats: bool = True,
     ) -> None:
         self.bus = bus
@@ -94,6 +95,7 @@ class Agent:
         self.reporter = Reporter(bus, self.reconciler, settings)
         self.reconciler.on_change = self.reporter.notify
         self.desired = DesiredState()
+        self._decoded = decoded or DecodedMessages()
         self.identity: Identity | None = None
         self.malformed = 0
         self.syncs = 0
@@ -346,7 +348,7 @@ class Agent:
 
     def _decode_desired(self, subject: str, data: bytes) -> DesiredBundle | None:
         try:
-            message = decode(data, DesiredBundle)
+            message = self._decoded.decode(data)
             bundle = subjects.parse_desired_subject(subject)
             if message.bundle != bundle:
                 raise DecodeError(f"message for bundle {message.bundle!r} on {subject}")

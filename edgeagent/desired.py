@@ -21,12 +21,38 @@ from enum import StrEnum
 
 from edgeagent.store import SavedDesired
 from protocol.classes import ClassSchema
+from protocol.codec import decode
 from protocol.messages import DesiredBundle
 
 
 class Scope(StrEnum):
     CLASS = "class"
     CLUSTER = "cluster"
+
+
+class DecodedMessages:
+    """Desired-state messages decoded once per payload, per process.
+
+    Every agent of a label class receives the class's message; decoding is pure
+    and the models are frozen, so in a process that runs many agents (a
+    simulated fleet) one decode serves them all, as :class:`ParseCache` does
+    for rendering. A lone agent keeps its own small one. Bounded: the oldest
+    entries go first; a payload that does not decode is never kept.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._entries: dict[bytes, DesiredBundle] = {}
+
+    def decode(self, data: bytes) -> DesiredBundle:
+        """The message in ``data``; :class:`DecodeError` if it is not one."""
+        message = self._entries.get(data)
+        if message is None:
+            message = decode(data, DesiredBundle)
+            if len(self._entries) >= self._size:
+                del self._entries[next(iter(self._entries))]
+            self._entries[bytes(data)] = message
+        return message
 
 
 def _newer(candidate: DesiredBundle, current: DesiredBundle | None) -> bool:

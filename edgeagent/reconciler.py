@@ -354,9 +354,6 @@ class Reconciler:
         desired = record.desired
         first = record.attempted != desired.deployment_id
         record.attempted = desired.deployment_id
-        bound = log.bind(
-            cluster=self.cluster, bundle=desired.bundle, deployment_id=desired.deployment_id
-        )
         if first:
             self._set(record, State.WAIT_APPLIED, notify=False)
         try:
@@ -374,10 +371,23 @@ class Reconciler:
             else:
                 record.due = NEVER  # until the desired state changes
             # The first failure of a streak is news; the retries are not.
-            emit = bound.warning if record.failures == 1 else bound.debug
-            emit("reconcile.apply_failed", error=str(exc), failures=record.failures)
+            emit = log.warning if record.failures == 1 else log.debug
+            emit(
+                "reconcile.apply_failed",
+                cluster=self.cluster,
+                bundle=desired.bundle,
+                deployment_id=desired.deployment_id,
+                error=str(exc),
+                failures=record.failures,
+            )
             return
-        bound.info("reconcile.applied", objects=len(deployment.objects))
+        log.info(
+            "reconcile.applied",
+            cluster=self.cluster,
+            bundle=desired.bundle,
+            deployment_id=desired.deployment_id,
+            objects=len(deployment.objects),
+        )
         record.applied = deployment
         record.reapply = False
         record.failures = 0

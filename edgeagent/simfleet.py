@@ -30,6 +30,7 @@ from nats.aio.client import Client
 from edgeagent.agent import Agent
 from edgeagent.blobs import Blobs
 from edgeagent.bus import NatsBus
+from edgeagent.desired import DecodedMessages
 from edgeagent.errors import AgentError, BusUnavailable
 from edgeagent.render import ParseCache
 from edgeagent.settings import AgentSettings
@@ -101,6 +102,7 @@ class SimulatedFleet:
         self._name_for = name_for
         self.blob_cache = MemoryBlobCache()
         self.parsed = ParseCache()  # every agent renders from one parse per deployment
+        self.decoded = DecodedMessages()  # and decodes a class message once
         self.agents: list[Agent] = []
         self.backends: list[SimulatedCluster] = []
         self.failed: dict[str, str] = {}
@@ -162,6 +164,7 @@ class SimulatedFleet:
                 blob_cache=self.blob_cache,
                 blobs=loaders[connection],
                 parsed=self.parsed,
+                decoded=self.decoded,
                 settings=self.settings,
                 name=name,
                 labels=self._labels_for(index),
