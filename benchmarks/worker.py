@@ -1,10 +1,11 @@
 """A slice of a simulated fleet in its own process: ``python -m benchmarks.worker``.
 
-One Python process runs about 600 simulated clusters' rollouts per second
-(see README): beyond some tens of thousands, the fleet must be spread over
-processes. A worker runs clusters ``offset .. offset+count-1`` (names and
-labels as the single-process fleet gives them), prints ``registered <failed>``
-on stdout once they are all started, then answers each command line on its
+One Python process runs about 3,500 simulated clusters' rollouts per second
+(2026-12-03, see README), and its event loop slows as it holds more agents:
+beyond some tens of thousands, the fleet is spread over processes. A worker
+runs clusters ``offset .. offset+count-1`` (names and labels as the
+single-process fleet gives them), prints ``registered <failed>`` on stdout
+once they are all started, then answers each command line on its
 stdin with one line on stdout, the command followed by its answer, and stops
 when its stdin closes:
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgeagent.agent import Agent
-from edgeagent.desired import DesiredState, Scope
+from edgeagent.desired import DecodedMessages, DesiredState, Scope
 from edgeagent.errors import IdentityError
 from edgeagent.membus import MemoryBus
 from edgeagent.settings import AgentSettings
@@ -18,6 +18,7 @@ from edgeagent.store import DiskStore, Identity, MemoryBlobCache, MemoryStore
 from protocol import subjects
 from protocol.classes import ClassSchema, class_of
 from protocol.codec import decode, encode, encode_resources
+from protocol.errors import DecodeError
 from protocol.ids import deployment_id, manifest_id
 from protocol.messages import (
     DesiredBundle,
@@ -281,3 +282,33 @@ async def test_a_stale_schema_from_the_stream_does_not_undo_a_newer_live_one() -
         await cp.desired(class_subject("app", new), "app")
         await until(lambda: bundles(agent) == {"app": State.READY})
         assert agent.desired.schema == new
+
+
+def test_cluster_override_and_its_tombstone_change_what_governs_a_bundle() -> None:
+    state = DesiredState()
+    assert state.offer(Scope.CLASS, DesiredBundle(bundle="a", rev=1, deployment_id="class"))
+    assert state.offer(Scope.CLUSTER, DesiredBundle(bundle="a", rev=1, deployment_id="mine"))
+    # A newer class message changes nothing while the cluster's override governs.
+    assert not state.offer(Scope.CLASS, DesiredBundle(bundle="a", rev=2, deployment_id="class2"))
+    assert state.effective()["a"].deployment_id == "mine"
+    # The override's tombstone hands the bundle back to the class message.
+    assert state.offer(Scope.CLUSTER, DesiredBundle(bundle="a", rev=2, deleted=True))
+    assert state.effective()["a"].deployment_id == "class2"
+    # The same content again under a newer rev is still a change (rev is part of it).
+    assert state.offer(Scope.CLASS, DesiredBundle(bundle="a", rev=3, deployment_id="class2"))
+
+
+def test_decoded_messages_decode_a_payload_once_and_never_keep_garbage() -> None:
+    decoded = DecodedMessages(size=2)
+    payload = encode(DesiredBundle(bundle="web", rev=1, deployment_id="d1"))
+    first = decoded.decode(payload)
+    assert first.deployment_id == "d1"
+    assert decoded.decode(bytes(payload)) is first  # same bytes, same (frozen) message
+    with pytest.raises(DecodeError):
+        decoded.decode(b"\x93garbage")
+    with pytest.raises(DecodeError):  # refused again, not served from the cache
+        decoded.decode(b"\x93garbage")
+    for rev in (2, 3):  # bounded: the oldest payload goes
+        decoded.decode(encode(DesiredBundle(bundle="web", rev=rev, deployment_id="d")))
+    again = decoded.decode(payload)
+    assert again == first and again is not first
