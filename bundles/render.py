@@ -23,7 +23,6 @@ a temporary directory for the engine.
 
 from __future__ import annotations
 
-import copy
 import posixpath
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -204,7 +203,7 @@ def place(parsed: Iterable[ParsedObject], options: DeploymentOptions) -> tuple[d
     """
     objects: list[dict[str, Any]] = []
     for item in parsed:
-        obj = copy.deepcopy(item.obj)
+        obj = _json_copy(item.obj)
         meta = obj["metadata"]
         namespace = meta.get("namespace")
         if namespace is not None and not isinstance(namespace, str):
@@ -220,6 +219,19 @@ def place(parsed: Iterable[ParsedObject], options: DeploymentOptions) -> tuple[d
                 meta["namespace"] = options.default_namespace or DEFAULT_NAMESPACE
         objects.append(obj)
     return tuple(objects)
+
+
+def _json_copy(value: Any) -> Any:
+    """A copy of a parsed manifest's maps and lists; their scalars are immutable and shared.
+
+    Several times faster than ``copy.deepcopy``, which a fleet pays for every
+    object of every deployment it renders.
+    """
+    if isinstance(value, dict):
+        return {key: _json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(item) for item in value]
+    return value
 
 
 def _relative(exc: BundleError, root: Path) -> BundleError:

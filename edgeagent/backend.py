@@ -62,6 +62,11 @@ def condition_of(obj: dict[str, Any], reason: str) -> ResourceCondition:
 
 
 class ClusterBackend(Protocol):
+    # False for a backend whose calls never wait on I/O (the simulated one): the
+    # reconciler sets no apply_timeout deadline around them, which at fleet scale
+    # would cost a timer per call for a call that cannot hang.
+    waits_on_io: bool
+
     async def apply(self, deployment: Deployment) -> None:
         """Make the cluster hold exactly ``deployment`` for its bundle.
 

@@ -20,6 +20,7 @@ Failures are data: nothing a bundle or the backend does escapes this loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 from collections.abc import Callable, Mapping
@@ -192,6 +193,12 @@ class Reconciler:
         dues += [r.due for r in self._removals.values()]
         return min(dues, default=NEVER)
 
+    def _deadline(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """``apply_timeout`` around a backend call, if the backend waits on I/O at all."""
+        if self.backend.waits_on_io:
+            return asyncio.timeout(self.settings.apply_timeout)
+        return contextlib.nullcontext()
+
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
@@ -316,7 +323,7 @@ class Reconciler:
         """correctDrift of a paused bundle: put back the deployment it holds, not the new one."""
         assert record.applied is not None
         try:
-            async with asyncio.timeout(self.settings.apply_timeout):
+            async with self._deadline():
                 await self.backend.apply(record.applied)
         except (DeploymentError, TimeoutError) as exc:
             record.failures += 1
@@ -358,7 +365,7 @@ class Reconciler:
             self._set(record, State.WAIT_APPLIED, notify=False)
         try:
             deployment = await self._prepare(desired)
-            async with asyncio.timeout(self.settings.apply_timeout):
+            async with self._deadline():
                 await self.backend.apply(deployment)
         except (DeploymentError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):
@@ -396,7 +403,7 @@ class Reconciler:
     async def _observe(self, record: _Record) -> None:
         assert record.applied is not None
         try:
-            async with asyncio.timeout(self.settings.apply_timeout):
+            async with self._deadline():
                 seen: Observation = await self.backend.observe(record.applied)
         except TimeoutError:
             seen = Observation(state=State.NOT_READY)
@@ -422,7 +429,7 @@ class Reconciler:
 
     async def _remove(self, name: str, removal: _Removal) -> None:
         try:
-            async with asyncio.timeout(self.settings.apply_timeout):
+            async with self._deadline():
                 await self.backend.remove(
                     name,
                     keep_resources=removal.keep_resources,

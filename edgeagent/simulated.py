@@ -36,6 +36,8 @@ class _Held:
 class SimulatedCluster:
     """An in-memory cluster; ``clock`` is injectable so tests need not sleep."""
 
+    waits_on_io = False
+
     def __init__(
         self,
         *,
@@ -76,7 +78,9 @@ class SimulatedCluster:
             first = deployment.objects[0] if deployment.objects else None
             conditions = (condition_of(first, "simulated failure"),) if first else ()
             raise ApplyError("simulated apply failure", conditions=conditions)
-        objects = {object_key(o): copy.deepcopy(o) for o in deployment.objects}
+        # Held by reference: nothing changes a deployment's objects once rendered,
+        # and _drift copies an object before it changes it.
+        objects = {object_key(o): o for o in deployment.objects}
         previous = self._held.get(deployment.bundle)
         unchanged = previous is not None and previous.deployment_id == deployment.deployment_id
         applied_at = previous.applied_at if unchanged and previous else self._clock()
@@ -153,8 +157,9 @@ class SimulatedCluster:
                 del held.objects[key]
                 held.drifted[key] = "deleted"
             else:
-                obj = held.objects[key]
+                obj = copy.deepcopy(held.objects[key])
                 obj.setdefault("metadata", {}).setdefault("labels", {})["shoal.drift"] = "1"
+                held.objects[key] = obj
                 held.drifted[key] = "modified"
         return len(hits)
 

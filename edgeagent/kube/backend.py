@@ -98,6 +98,8 @@ class _Applied:
 class KubeBackend:
     """Applies, observes and removes bundles on one cluster; see the module docstring."""
 
+    waits_on_io = True
+
     def __init__(
         self,
         client: KubeClient,

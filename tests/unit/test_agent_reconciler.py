@@ -364,3 +364,47 @@ async def test_helm_sees_the_clusters_version_and_apis(world: World) -> None:
     await world.state("web", State.READY)
     [cm] = world.cluster.objects("web")
     assert cm["data"] == {"kube": "v1.31.2", "monitored": "true"}
+
+
+async def test_corrected_drift_puts_back_the_deployment_not_the_drifted_copy(world: World) -> None:
+    world.bundle("app", {"cm.yaml": configmap("a")}, DeploymentOptions(correctDrift=True))
+    await world.state("app", State.READY)
+    assert world.cluster.inject_drift("app", kind="ConfigMap", name="a") == 1
+    await world.until(lambda: world.cluster.apply_count == 2)
+    await world.state("app", State.READY)
+    labels = world.cluster.objects("app")[0]["metadata"].get("labels", {})
+    assert "shoal.drift" not in labels
+
+
+class HangingCluster(SimulatedCluster):
+    """A backend that waits on I/O, whose first apply never returns."""
+
+    waits_on_io = True
+
+    def __init__(self) -> None:
+        super().__init__(readiness_delay=0.0, seed=1)
+        self.hung = 0
+
+    async def apply(self, deployment: Deployment) -> None:
+        if not self.hung:
+            self.hung += 1
+            await asyncio.Event().wait()
+        await super().apply(deployment)
+
+
+async def test_an_apply_that_hangs_is_errapplied_after_apply_timeout_then_retried() -> None:
+    w = World()
+    w.cluster = HangingCluster()
+    w.reconciler = Reconciler(
+        backend=w.cluster, blobs=w.blobs, settings=FAST.model_copy(update={"apply_timeout": 0.05})
+    )
+    task = asyncio.create_task(w.reconciler.run())
+    try:
+        w.bundle("app", {"cm.yaml": configmap("a")})
+        failed = await w.state("app", State.ERR_APPLIED)
+        assert "apply timed out" in failed.message
+        await w.state("app", State.READY)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
