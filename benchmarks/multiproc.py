@@ -195,6 +195,10 @@ async def run(
                 client, BASE_BUNDLE, clusters, timeout=timeout, label=BASE_BUNDLE
             )
             result["baseline_ready"] = ready
+            if ready < clusters:
+                result["errors"].append(
+                    f"first bundle: only {ready} of {clusters} Ready within {timeout} s"
+                )
             result["baseline_seconds"] = round(seconds, 3)
             await asyncio.sleep(RSS_SETTLE_SECONDS)
             result["cp_rss_bytes_per_cluster"] = round(

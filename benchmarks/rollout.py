@@ -137,6 +137,10 @@ async def run(*, clusters: int, classes: int, timeout: float) -> dict[str, Any]:
                 client, BASE_BUNDLE, clusters, timeout=timeout, label=BASE_BUNDLE
             )
             result["baseline_ready"] = ready
+            if ready < clusters:
+                result["errors"].append(
+                    f"first bundle: only {ready} of {clusters} Ready within {timeout} s"
+                )
             result["baseline_seconds"] = round(seconds, 3)
             await asyncio.sleep(RSS_SETTLE_SECONDS)
             rss_after = bench.cp.rss_bytes()

@@ -68,6 +68,8 @@ class Fleet:
         self.started_at = time.time()
         self.leader = False
         self.owned: set[int] = set()
+        # cluster ID -> (report seq its heartbeat announced, when first noticed)
+        self.unreported: dict[str, tuple[int, float]] = {}
         self._loaded = False
         self._lock = asyncio.Lock()
         self._bundle_locks: dict[str, asyncio.Lock] = {}
@@ -369,9 +371,31 @@ class Fleet:
             if record is None:
                 raise DecodeError(f"heartbeat for unknown cluster {subject_cluster!r}")
             seen = now
+            if message.status_seq > record.report_seq and record.shard in self.owned:
+                # The agent sent a report this replica has not taken (yet: the
+                # heartbeat may simply have overtaken it on the other path).
+                self.unreported.setdefault(record.id, (message.status_seq, now))
         else:
             raise DecodeError(f"unexpected {message.KIND!r} message on a status subject")
         self.heartbeat(record, seen=seen, now=now)
+
+    def overdue_reports(self, now: float, *, grace: float, limit: int) -> list[ClusterRecord]:
+        """Clusters whose heartbeats announced a report not taken within ``grace`` s.
+
+        Each is handed out once per announced report: it is taken off the list
+        and its ``report_seq`` set to what was announced, whether or not the
+        caller then finds the report.
+        """
+        due: list[ClusterRecord] = []
+        for cluster_id, (announced, noticed) in list(self.unreported.items()):
+            record = self.registry.clusters.get(cluster_id)
+            if record is None or record.shard not in self.owned or record.report_seq >= announced:
+                del self.unreported[cluster_id]
+            elif now - noticed >= grace and len(due) < limit:
+                del self.unreported[cluster_id]
+                record.report_seq = announced
+                due.append(record)
+        return due
 
     def sweep_offline(self, now: float) -> int:
         marked = 0

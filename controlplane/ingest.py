@@ -15,6 +15,7 @@ import contextlib
 import time
 from collections import Counter
 
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -22,6 +23,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from controlplane.fleet import Fleet
 from controlplane.settings import ServerSettings
@@ -41,6 +43,12 @@ MAX_RESTART_BACKOFF = 15.0
 PARKED_RETRY = 0.5  # seconds between looks at parked reports
 PARKED_MAX_AGE = 60.0  # seconds a report may wait for its cluster before it is dropped
 PARKED_MAX = 100_000  # reports parked at most (oldest dropped first)
+# A heartbeat announcing a report this replica has not taken: after this many
+# seconds (the report may still be on its way through the stream) the report
+# is read from the stream, where the last one per cluster is kept.
+UNREPORTED_GRACE = 10.0
+UNREPORTED_CHECK = 2.0  # seconds between looks for such clusters
+UNREPORTED_BATCH = 500  # reports read per look at most
 
 
 class Ingest:
@@ -123,6 +131,37 @@ class Ingest:
             if self._parked:
                 self.retry_parked(time.monotonic())
 
+    async def recover_unreported_forever(self) -> None:
+        while True:
+            await asyncio.sleep(UNREPORTED_CHECK)
+            await self.recover_unreported(time.time())
+
+    async def recover_unreported(self, now: float, *, grace: float = UNREPORTED_GRACE) -> int:
+        """Read from the stream the reports heartbeats announced and ingest missed; how many.
+
+        A report can miss this replica (a pull that timed out under load with the
+        batch already on its way, a race with a replica handing over a shard); an
+        agent sends no report while nothing changes, so without this a cluster
+        could stay counted as WaitApplied though it is Ready.
+        """
+        recovered = 0
+        for record in self._fleet.overdue_reports(now, grace=grace, limit=UNREPORTED_BATCH):
+            subject = subjects.status(record.shard, record.id)
+            try:
+                msg = await self._js.get_last_msg(subjects.STATUS_STREAM, subject)
+            except NotFoundError:
+                continue  # the agent has sent none yet (it announces its starting seq)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("status.recover_failed", cluster=record.id, error=repr(exc))
+                continue
+            if msg.data is None or msg.seq is None or msg.seq <= record.status_key:
+                continue
+            stored_at = msg.time.timestamp() if msg.time else None
+            self.handle(subject, msg.data, kind="status", stream_seq=msg.seq, stored_at=stored_at)
+            self.counters["status_recovered"] += 1
+            recovered += 1
+        return recovered
+
     async def _on_heartbeat(self, msg: Msg) -> None:
         self.handle(msg.subject, msg.data, kind="heartbeat")
 
@@ -136,16 +175,20 @@ class Ingest:
 
     async def stop_shard(self, shard: int) -> None:
         """Stop ingesting a shard this replica no longer owns, and forget its state."""
-        task = self._consumers.pop(shard, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.stop_status(shard)
         sub = self._heartbeat_subs.pop(shard, None)
         if sub is not None:
             with contextlib.suppress(Exception):  # the connection may be gone already
                 await sub.unsubscribe()
         self._fleet.release_shard(shard)
+
+    async def stop_status(self, shard: int) -> None:
+        """Stop reading the shard's status reports (heartbeats still count)."""
+        task = self._consumers.pop(shard, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def consume_status(self, shard: int) -> None:
         """Read the shard's status reports forever, recreating the consumer on failure."""

@@ -72,6 +72,7 @@ class ClusterRecord:
     last_seen: float | None = None
     offline: bool = False
     status_key: int = 0  # stream sequence of the last report taken
+    report_seq: int = 0  # the agent's own sequence of that report (heartbeats repeat it)
     deadline: int = 0  # liveness bucket (see status.Liveness)
     reported: tuple[Reported, ...] = ()
 

@@ -57,6 +57,7 @@ class ControlPlane:
         self.leases: ShardLeases | None = None
         self.gitrepos: GitRepos | None = None
         self.webhook: WebhookServer | None = None
+        self.ingest: Ingest | None = None
 
     @property
     def fleet(self) -> Fleet:
@@ -134,6 +135,7 @@ class ControlPlane:
         for follower in await self.gitrepos.load():
             self._tasks.spawn("kv-follow", follower.follow())
         ingest = Ingest(self._nc, self._js, self._fleet, settings, self.counters, tasks=self._tasks)
+        self.ingest = ingest
         self.leases = ShardLeases(
             await leases_bucket(self._js, ttl=settings.lease_ttl, replicas=settings.replicas),
             replica=settings.replica_id,
@@ -157,6 +159,7 @@ class ControlPlane:
         self._tasks.spawn("leases", self.leases.run())
         self._tasks.spawn("offline-sweep", ingest.sweep_offline())
         self._tasks.spawn("parked-status", ingest.retry_parked_forever())
+        self._tasks.spawn("unreported-status", ingest.recover_unreported_forever())
         self._tasks.spawn("resync", self._resync_loop())
         self._tasks.spawn("gitrepos", self.gitrepos.run())
         if settings.webhook_listen:

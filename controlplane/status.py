@@ -58,6 +58,7 @@ class StatusBook:
         if seq <= record.status_key:
             return False
         record.status_key = seq
+        record.report_seq = max(record.report_seq, report.seq)
         if not record.offline:
             self._add(record, -1)
         record.reported = tuple(

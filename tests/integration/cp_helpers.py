@@ -101,9 +101,10 @@ async def report(
     await js.publish(subjects.status(reg.shard, reg.cluster_id), codec.encode(message))
 
 
-async def heartbeat(nc: Client, reg: RegisterReply, seq: int = 1) -> None:
+async def heartbeat(nc: Client, reg: RegisterReply, seq: int = 1, *, status_seq: int = 0) -> None:
     await nc.publish(
-        subjects.heartbeat(reg.shard, reg.cluster_id), codec.encode(Heartbeat(seq=seq))
+        subjects.heartbeat(reg.shard, reg.cluster_id),
+        codec.encode(Heartbeat(seq=seq, status_seq=status_seq)),
     )
 
 

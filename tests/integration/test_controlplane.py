@@ -340,3 +340,44 @@ async def test_a_report_that_beats_its_registration_is_kept_until_the_cluster_is
 
     await eventually(ready, timeout=5)
     assert (await h.stats(nc)).get("status_dropped", 0) == 0
+
+
+async def test_a_report_the_replica_missed_is_read_back_when_a_heartbeat_announces_it(
+    control_plane: ControlPlane, nc: Client
+) -> None:
+    """An agent sends no report while nothing changes: a lost one would leave its cluster
+    counted wrong for good, so a heartbeat announcing an unseen report fetches it."""
+    token = await h.create_token(nc)
+    reg = await h.register(nc, token, "shop-1", {"env": "prod"})
+    assert isinstance(reg, RegisterReply)
+    applied = await h.apply_bundle(nc, "web", h.resources("1"))
+    assert isinstance(applied, admin.BundleApplied)
+    deployment = applied.deployment_ids[0]
+    await h.report(nc, reg, {"web": (deployment, State.NOT_READY)}, seq=1)
+
+    async def states() -> dict[State, int]:
+        return (await h.bundles(nc))["web"].states
+
+    async def not_ready() -> bool:
+        return await states() == {State.NOT_READY: 1}
+
+    await eventually(not_ready)
+    ingest = control_plane.ingest
+    assert ingest is not None
+    await ingest.stop_status(reg.shard)  # from here this replica misses the shard's reports
+    await h.report(nc, reg, {"web": (deployment, State.READY)}, seq=2)
+    await h.heartbeat(nc, reg, status_seq=1)  # announces what was taken: nothing to do
+    await asyncio.sleep(0.2)
+    assert await ingest.recover_unreported(time.time() + 60) == 0
+    assert await states() == {State.NOT_READY: 1}
+
+    await h.heartbeat(nc, reg, status_seq=2)
+    await asyncio.sleep(0.2)
+    assert await ingest.recover_unreported(time.time(), grace=60) == 0  # may still arrive
+    assert await ingest.recover_unreported(time.time() + 60) == 1
+    assert await states() == {State.READY: 1}
+    assert (await h.stats(nc))["status_recovered"] == 1
+    # Handed out once per announced report: the same heartbeat again asks for nothing.
+    await h.heartbeat(nc, reg, status_seq=2)
+    await asyncio.sleep(0.2)
+    assert await ingest.recover_unreported(time.time() + 60) == 0
