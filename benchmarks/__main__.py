@@ -22,7 +22,16 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from benchmarks import failover, footprint, harness, heartbeat, multiproc, reconnect, rollout
+from benchmarks import (
+    failover,
+    footprint,
+    harness,
+    heartbeat,
+    multiproc,
+    reconnect,
+    registry,
+    rollout,
+)
 from shoal_cli import gcpolicy, logs
 
 DEFAULT_CLUSTERS = 1000
@@ -72,6 +81,10 @@ async def _footprint(args: argparse.Namespace) -> dict[str, Any]:
     return await footprint.run(bundles=args.bundles, window=args.window, timeout=args.timeout)
 
 
+async def _registry(args: argparse.Namespace) -> dict[str, Any]:
+    return await registry.run(clusters=args.clusters, classes=args.classes, timeout=args.timeout)
+
+
 SCENARIOS: dict[str, tuple[Scenario, str]] = {
     "rollout": (
         _rollout,
@@ -94,6 +107,11 @@ SCENARIOS: dict[str, tuple[Scenario, str]] = {
         _heartbeat,
         "steady state, no changes: heartbeats ingested per second by the control plane "
         "and its CPU seconds over a window",
+    ),
+    "registry": (
+        _registry,
+        "N clusters registered and reporting by the harness itself (no agents): the "
+        "control plane's memory per registered cluster, and registrations per second",
     ),
     "footprint": (
         _footprint,

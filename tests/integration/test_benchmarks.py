@@ -9,7 +9,9 @@ first bundle put ``class`` into the schema before the fleet registered, so the
 rollout republishes no schema). The ``failover``, ``rollout --processes`` and
 ``reconnect`` scenarios run the same way at a small N, each checked for its
 own contract; ``rollout --processes 2`` (40 clusters) must report the same
-figures as the single-process run but the ablation.
+figures as the single-process run but the ablation; ``registry`` (200
+clusters, the harness playing the clusters' side) must see every cluster's
+report taken.
 """
 
 from __future__ import annotations
@@ -159,3 +161,15 @@ def test_reconnect_scenario_reconverges_after_the_link_returns(tmp_path: Path) -
     assert result["final_states"] == {"Ready": RECONNECT_CLUSTERS}
     assert result["seconds_to_all_ready"] > 0
     assert result["seconds_to_reconverge"] > 0
+
+
+def test_registry_scenario_registers_and_reports_every_cluster(tmp_path: Path) -> None:
+    result = run_bench("registry", tmp_path, clusters=200)
+    assert result["ok"], result["errors"]
+    assert result["clusters"] == 200
+    assert result["registration_failed"] == 0
+    assert result["states"] == {"Ready": 200}  # every cluster's own report was taken
+    assert result["cp_rss_bytes_after"] >= result["cp_rss_bytes_before"] > 0
+    assert result["registrations_per_second"] > 0
+    written = list(tmp_path.glob("registry_200_*.json"))
+    assert len(written) == 1
