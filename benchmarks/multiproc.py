@@ -14,7 +14,7 @@ rollout (:mod:`benchmarks.rollout`) does, but the ablation:
   their size) and the desired-state messages (``DesiredTap``). The harness has
   no agent objects to charge a class message to, so it asks each worker over
   the stdin/stdout line protocol how many of its agents subscribe to each
-  class's subject (the same count ``DesiredTap.delivered`` takes of a fleet
+  class's subject (the same count ``taps.class_members`` takes of a fleet
   in this process) and charges the sum; each worker also counts the blobs its
   fleet downloaded (one download per fleet connection, as in one process);
 * after the workers stopped, the raw NATS reference
@@ -36,7 +36,14 @@ from collections import Counter
 from typing import Any
 
 from benchmarks import harness as h
-from benchmarks.rollout import BASE_BUNDLE, ROLLOUT_BUNDLE, RSS_SETTLE_SECONDS, raw_reference
+from benchmarks.rollout import (
+    BASE_BUNDLE,
+    ROLLOUT_BUNDLE,
+    RSS_SETTLE_SECONDS,
+    counted,
+    raw_reference,
+    said,
+)
 from benchmarks.taps import DesiredTap, StatusTap
 from benchmarks.worker import CONNECTIONS_PER_WORKER
 from protocol import ids
@@ -246,21 +253,12 @@ async def _rollout(
         await desired_tap.stop()
         await status_tap.stop()
     result["ready"] = ready
-    result["cp_publishes"] = after["desired_publishes"] - before["desired_publishes"]
-    result["cp_status_ingested"] = after.get("status_ingested", 0) - before.get(
-        "status_ingested", 0
-    )
+    counted(result, before, after)
     result.update(desired_tap.figures(members, clusters=clusters))
     result["blob_downloads"] = blobs_after[0] - blobs_before[0]
     result["blob_bytes"] = blobs_after[1] - blobs_before[1]
     result.update(status_tap.figures())
-    h.say(
-        f"rollout: {ready}/{clusters} Ready in {result['seconds_to_all_ready']:.2f} s, "
-        f"{result['cp_publishes']} control-plane publishes, "
-        f"{result['bytes_per_cluster']} desired bytes per cluster"
-    )
-    if ready < clusters:
-        result["errors"].append(f"only {ready} of {clusters} Ready within {timeout} s")
+    said(result, ready, clusters, timeout=timeout)
 
 
 async def _all_reported(

@@ -43,7 +43,7 @@ from typing import Any
 
 from benchmarks import harness as h
 from benchmarks.rawnats import raw_nats_seconds
-from benchmarks.taps import DesiredTap, StatusTap
+from benchmarks.taps import DesiredTap, StatusTap, class_members
 from edgeagent.settings import AgentSettings
 from edgeagent.simfleet import SimulatedFleet
 from edgeagent.store import MemoryBlobCache
@@ -196,25 +196,26 @@ async def _rollout(
     result["ready"] = ready
     result["seconds_to_all_ready"] = round(seconds, 3)
     result["deployment_id"] = ", ".join(applied.deployment_ids)
+    counted(result, before, after)
+    result.update(desired_tap.figures(class_members(fleet.agents), clusters=clusters))
+    result["blob_downloads"] = blobs.puts - blob_puts
+    result["blob_bytes"] = blobs.bytes - blob_bytes
+    result.update(status_tap.figures())
+    said(result, ready, clusters, timeout=timeout)
+
+
+def counted(result: dict[str, Any], before: dict[str, int], after: dict[str, int]) -> None:
+    """The control plane's publishes and ingested reports between two ``stats`` readings."""
     result["cp_publishes"] = after["desired_publishes"] - before["desired_publishes"]
     result["cp_status_ingested"] = after.get("status_ingested", 0) - before.get(
         "status_ingested", 0
     )
-    deliveries, payload, subject_bytes = desired_tap.delivered(fleet.agents)
-    result["desired_messages_published"] = len(desired_tap.messages)
-    result["desired_deliveries"] = deliveries
-    result["bytes_per_cluster"] = round(payload / clusters, 1)
-    result["bytes_per_cluster_with_subjects"] = round((payload + subject_bytes) / clusters, 1)
-    result["desired_message_bytes"] = (
-        max(size for _, size in desired_tap.messages) if desired_tap.messages else 0
-    )
-    result["blob_downloads"] = blobs.puts - blob_puts
-    result["blob_bytes"] = blobs.bytes - blob_bytes
-    result["status_messages"] = status_tap.count
-    result["status_bytes"] = status_tap.bytes
-    result["status_message_bytes"] = status_tap.mean_size
+
+
+def said(result: dict[str, Any], ready: int, clusters: int, *, timeout: float) -> None:
+    """Say how the rollout went; a rollout that did not converge is an error."""
     h.say(
-        f"rollout: {ready}/{clusters} Ready in {seconds:.2f} s, "
+        f"rollout: {ready}/{clusters} Ready in {result['seconds_to_all_ready']:.2f} s, "
         f"{result['cp_publishes']} control-plane publishes, "
         f"{result['bytes_per_cluster']} desired bytes per cluster"
     )

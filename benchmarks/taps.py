@@ -82,13 +82,12 @@ class DesiredTap:
             "desired_message_bytes": max((size for _, size in self.messages), default=0),
         }
 
-    def delivered(self, agents: Iterable[Agent]) -> tuple[int, int, int]:
-        """(deliveries, payload bytes, subject bytes) summed over every receiving cluster."""
-        return self.delivered_to(class_members(agents))
-
     def delivered_to(self, members: Mapping[str, int]) -> tuple[int, int, int]:
-        """:meth:`delivered` for a fleet given as its clusters per class (:func:`class_members`,
-        summed over the processes the fleet runs in)."""
+        """(deliveries, payload bytes, subject bytes) summed over every receiving cluster.
+
+        The fleet is given as its clusters per class (:func:`class_members`, summed
+        over the processes the fleet runs in).
+        """
         total = sum(members.values())
         deliveries = payload = subject_bytes = 0
         for subject, size in self.messages:

@@ -78,9 +78,8 @@ class DesiredState:
         A per-cluster tombstone withdraws the cluster's override: the class
         message (if any) governs the bundle again.
         """
-        merged = {n: m for n, m in self._scopes[Scope.CLASS].items() if not m.deleted}
-        merged.update({n: m for n, m in self._scopes[Scope.CLUSTER].items() if not m.deleted})
-        return merged
+        names = dict.fromkeys([*self._scopes[Scope.CLASS], *self._scopes[Scope.CLUSTER]])
+        return {n: m for n in names if (m := self._governing(n)) is not None}
 
     def offer(self, scope: Scope, message: DesiredBundle) -> bool:
         """Take a live message; True if the effective state changed."""
@@ -96,7 +95,7 @@ class DesiredState:
         return after is not before and after != before
 
     def _governing(self, bundle: str) -> DesiredBundle | None:
-        """The message :meth:`effective` holds for ``bundle``, without building it all."""
+        """The message that governs ``bundle``: the cluster's, else the class's; not tombstones."""
         for scope in (Scope.CLUSTER, Scope.CLASS):
             message = self._scopes[scope].get(bundle)
             if message is not None and not message.deleted:
