@@ -19,7 +19,12 @@ from protocol.states import State
 
 @dataclass(frozen=True)
 class Deployment:
-    """One bundle's rendered objects, as they should exist on the cluster."""
+    """One bundle's rendered objects, as they should exist on the cluster.
+
+    ``objects`` may be shared with other deployments (agents in one process
+    given the same deployment share one placement): a backend never modifies
+    them; it copies what it must change.
+    """
 
     bundle: str
     deployment_id: str

@@ -31,6 +31,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
 from nats.js.object_store import ObjectStore
 
+from edgeagent.acks import Acks
 from edgeagent.errors import BlobError, BusError, BusRejected, BusUnavailable
 from edgeagent.settings import AgentSettings
 from edgeagent.tasks import TaskSet, wait_event
@@ -346,10 +347,8 @@ class NatsBus:
             raise BusUnavailable(f"publish on {subject} failed: {exc!r}") from exc
 
     async def publish_durable(self, subject: str, payload: bytes) -> None:
-        js = self._jetstream()
+        nc = self._client()
         try:
-            await js.publish(subject, payload, timeout=self._settings.request_timeout)
-        except nats.js.errors.APIError as exc:
-            raise BusRejected(f"JetStream refused a publish on {subject}: {exc}") from exc
+            await Acks.of(nc).publish(subject, payload, timeout=self._settings.request_timeout)
         except _NATS_ERRORS as exc:
             raise BusUnavailable(f"publish on {subject} failed: {exc!r}") from exc

@@ -35,7 +35,6 @@ from edgeagent.blobs import BlobProvider
 from edgeagent.errors import ApplyError, BlobError, DeploymentError
 from edgeagent.render import ParseCache, objects_for
 from edgeagent.settings import AgentSettings
-from edgeagent.tasks import wait_event
 from edgeagent.values import with_values_from
 from protocol.codec import decode_resources
 from protocol.errors import DecodeError
@@ -125,7 +124,7 @@ class Reconciler:
                     ),
                 )
                 self._changed(notify=False)
-            elif existing.desired != message:
+            elif existing.desired is not message and existing.desired != message:
                 if existing.desired.deployment_id != message.deployment_id:
                     existing.failures = 0
                 existing.desired = message
@@ -176,7 +175,13 @@ class Reconciler:
             self._wake.clear()
             wait = self._next_due() - loop.time()
             if wait > 0:
-                await wait_event(self._wake, min(wait, 3600.0))
+                # An alarm that sets the event, not a timeout that cancels the
+                # wait: no exception per expiry (a fleet process runs thousands).
+                alarm = loop.call_later(min(wait, 3600.0), self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    alarm.cancel()
 
     async def step_due(self, now: float) -> None:
         """Run every step that is due at ``now``."""
@@ -264,7 +269,10 @@ class Reconciler:
             record.reapply
             or record.applied is None
             or record.applied.deployment_id != desired.deployment_id
-            or record.applied.options != desired.options
+            or (
+                record.applied.options is not desired.options
+                and record.applied.options != desired.options
+            )
         )
         try:
             if needs_apply and record.holding:

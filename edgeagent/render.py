@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bundles import render as bundle_render
@@ -54,12 +54,38 @@ def render(
     return place(parse(resources), options)
 
 
+PLACED_PER_BUNDLE = 8  # option sets whose placed objects a Loaded keeps
+
+
 @dataclass(frozen=True)
 class Loaded:
-    """A bundle's files as decoded once, and its objects when no engine is needed."""
+    """A bundle's files as decoded once, and its objects when no engine is needed.
+
+    Plain manifests are also kept as placed for the last few option sets
+    (by identity: the agents of a process share one decoded message, hence one
+    options object), so a fleet of agents given the same deployment shares one
+    tuple of objects. Backends treat a deployment's objects as read-only.
+    """
 
     resources: tuple[BundleResource, ...]
     plain: tuple[ParsedObject, ...] | None  # None: a Helm or Kustomize bundle
+    placed: dict[int, tuple[DeploymentOptions, tuple[dict[str, Any], ...]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def placed_for(self, options: DeploymentOptions) -> tuple[dict[str, Any], ...] | None:
+        """The objects placed for ``options`` earlier, if still kept."""
+        hit = self.placed.get(id(options))
+        return hit[1] if hit is not None and hit[0] is options else None
+
+    def place(self, options: DeploymentOptions) -> tuple[dict[str, Any], ...]:
+        """The plain objects placed for ``options``, kept; RenderError names the file."""
+        assert self.plain is not None
+        objects = place(self.plain, options)
+        if len(self.placed) >= PLACED_PER_BUNDLE:
+            del self.placed[next(iter(self.placed))]
+        self.placed[id(options)] = (options, objects)  # holding options keeps its id unique
+        return objects
 
 
 class ParseCache:
@@ -106,10 +132,13 @@ async def objects_for(
     kustomization) is rendered for this cluster, engines in a thread; Helm
     sees the cluster's version and APIs through ``capabilities``.
     """
+    kept = loaded.placed_for(options)
+    if kept is not None:
+        return kept
     overlays = options.yaml.overlays if options.yaml is not None else ()
     kind = bundle_render.kind_of(loaded.resources, options)
     if loaded.plain is not None and not overlays and kind == bundle_render.MANIFESTS:
-        return place(loaded.plain, options)
+        return loaded.place(options)
     caps = Capabilities()
     if capabilities is not None and kind == bundle_render.HELM:
         caps = await capabilities()

@@ -150,14 +150,19 @@ class Reporter:
         return ceiling * (0.5 + 0.5 * random.random())
 
     async def run_status(self) -> None:
+        loop = asyncio.get_running_loop()
         settle = min(self._settings.status_settle, self._settings.status_interval)
+        not_before = -math.inf  # the next report keeps this far from the last attempt
         while True:
             await self._wake.wait()
-            if settle > 0:
-                await asyncio.sleep(settle)  # changes that follow at once join this report
+            # Changes that follow at once join this report; and no report comes
+            # sooner than the interval (or backoff) after the one before.
+            pause = max(settle, not_before - loop.time())
+            if pause > 0:
+                await asyncio.sleep(pause)
             self._wake.clear()
             await self.flush()
-            await asyncio.sleep(self.retry_delay())
+            not_before = loop.time() + self.retry_delay()
             if self.dirty:  # changed meanwhile, or the bus refused: go again
                 self._wake.set()
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from bundles.templating import ClusterContext
 from edgeagent.errors import RenderError
-from edgeagent.render import render
+from edgeagent.render import PLACED_PER_BUNDLE, ParseCache, objects_for, render
 from protocol.models import BundleResource, DeploymentOptions
 
 MANIFESTS = """\
@@ -89,3 +90,22 @@ def test_invalid_objects_name_file_and_document(content: str, needle: str) -> No
     assert needle in str(info.value)
     if needle != "invalid YAML":
         assert info.value.document == 2
+
+
+async def test_agents_given_one_options_object_share_one_placement() -> None:
+    cache = ParseCache()
+    loaded = cache.get("m1", lambda: [BundleResource(name="app.yaml", content=MANIFESTS)])
+    shared = DeploymentOptions(namespace="shop")
+    context = ClusterContext(name="c1")
+    first = await objects_for(loaded, shared, bundle="b", cluster=context)
+    again = await objects_for(loaded, shared, bundle="b", cluster=ClusterContext(name="c2"))
+    assert again is first
+    assert {o["metadata"].get("namespace") for o in first if o["kind"] == "ConfigMap"} == {"shop"}
+    # Other options (even equal ones) are placed for themselves, and the cache stays bounded.
+    others = [DeploymentOptions(namespace=f"ns{i}") for i in range(PLACED_PER_BUNDLE + 2)]
+    for options in others:
+        objects = await objects_for(loaded, options, bundle="b", cluster=context)
+        assert objects[0]["metadata"]["namespace"] == options.namespace
+    assert len(loaded.placed) == PLACED_PER_BUNDLE
+    equal = DeploymentOptions(namespace="shop")
+    assert await objects_for(loaded, equal, bundle="b", cluster=context) == first
