@@ -69,12 +69,14 @@ class Acks:
         self._sequence += 1
         token = str(self._sequence)
         future: asyncio.Future[None] = loop.create_future()
-        self._pending[token] = future
-        heapq.heappush(self._deadlines, (loop.time() + timeout, token))
-        if self._sweeper is None:
-            self._sweeper = loop.create_task(self._sweep(), name="acks:sweep")
+        self._pending[token] = future  # before publishing: the ack may come during it
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token)
+            # The clock starts once the client took the message, as for a request:
+            # waiting for room in a full outgoing buffer is not the server's delay.
+            heapq.heappush(self._deadlines, (loop.time() + timeout, token))
+            if self._sweeper is None:
+                self._sweeper = loop.create_task(self._sweep(), name="acks:sweep")
             try:
                 await future
             except TimeoutError:
@@ -89,6 +91,13 @@ class Acks:
                 raise BusUnavailable(f"publish on {subject}: {exc}") from None
         finally:
             self._pending.pop(token, None)
+
+    def abandon(self, reason: str) -> None:
+        """Fail every publish still waiting (a reconnect: its ack may never come)."""
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(BusUnavailable(f"{reason}; the publish may be lost"))
 
     async def _subscribe(self) -> None:
         prefix = f"{self._nc.new_inbox()}."

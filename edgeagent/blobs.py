@@ -10,6 +10,7 @@ a simulated fleet of thousands of agents receives the same rollout at once.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -31,6 +32,15 @@ class BlobProvider(Protocol):
     async def get(self, manifest_id: str) -> bytes: ...
 
 
+@dataclass
+class _Download:
+    """One blob download in progress; its outcome for those who waited on it."""
+
+    done: asyncio.Event
+    blob: bytes | None = None
+    error: BaseException | None = None
+
+
 class Blobs:
     """Verified blobs from a cache, else a source; downloads are coalesced."""
 
@@ -38,7 +48,7 @@ class Blobs:
         self._cache = cache
         self._source = source
         self._timeout = timeout
-        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self._inflight: dict[str, _Download] = {}
         self.downloads = 0
 
     async def get(self, manifest_id: str) -> bytes:
@@ -49,23 +59,27 @@ class Blobs:
             log.warning("blob.cache_corrupt", manifest_id=manifest_id)
         pending = self._inflight.get(manifest_id)
         if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._inflight[manifest_id] = future
+            # One event for all waiters (a fleet's agents can be thousands), not a
+            # shielded future each; cancelling a waiter leaves the download alone.
+            await pending.done.wait()
+            if pending.blob is None:
+                assert pending.error is not None
+                raise pending.error
+            return pending.blob
+        download = self._inflight[manifest_id] = _Download(asyncio.Event())
         try:
-            blob = await self._download(manifest_id)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
+            download.blob = await self._download(manifest_id)
+            return download.blob
         except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            download.error = exc
             raise
-        else:
-            future.set_result(blob)
-            return blob
         finally:
             del self._inflight[manifest_id]
+            if download.blob is None and download.error is None:  # cancelled
+                download.error = BlobError(
+                    f"download of resources {manifest_id} was cancelled", manifest_id=manifest_id
+                )
+            download.done.set()
 
     async def _download(self, manifest_id: str) -> bytes:
         try:

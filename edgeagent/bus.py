@@ -143,6 +143,8 @@ class NatsBus:
         async def on_reconnected() -> None:
             log.info("bus.reconnected", url=url)
             self._wake.set()
+            # Publishes sent before may be lost: stop waiting for their acks.
+            Acks.of(nc).abandon("the connection was re-established")
 
         nc = await nats.connect(
             servers=url.split(","),
@@ -349,6 +351,6 @@ class NatsBus:
     async def publish_durable(self, subject: str, payload: bytes) -> None:
         nc = self._client()
         try:
-            await Acks.of(nc).publish(subject, payload, timeout=self._settings.request_timeout)
+            await Acks.of(nc).publish(subject, payload, timeout=self._settings.status_ack_timeout)
         except _NATS_ERRORS as exc:
             raise BusUnavailable(f"publish on {subject} failed: {exc!r}") from exc

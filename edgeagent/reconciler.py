@@ -256,10 +256,11 @@ class Reconciler:
                 self._wake_dependents()
 
     def _wake_dependents(self) -> None:
-        for other in self._records.values():
-            if other.waiting:
-                other.due = 0.0
-        self._wake.set()
+        waiting = [other for other in self._records.values() if other.waiting]
+        for other in waiting:
+            other.due = 0.0
+        if waiting:
+            self._wake.set()
 
     # --- steps -----------------------------------------------------------------
 

@@ -73,6 +73,13 @@ class AgentSettings(EnvSettings):
         "status_interval), so a burst of changes (WaitApplied, NotReady, Ready within a "
         "moment) goes out as one report rather than one per change.",
     )
+    status_ack_timeout: float = Field(
+        default=30.0,
+        description="Seconds a status report waits for JetStream's acknowledgement before "
+        "it is sent again. Long on purpose: when a whole fleet reports at once the "
+        "stream acknowledges late, and resending sooner only adds to its load; a "
+        "reconnect gives up on the wait at once.",
+    )
     heartbeat_interval: float = Field(
         default=5.0,
         description="Seconds between heartbeats; the control plane marks a cluster "

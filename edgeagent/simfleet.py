@@ -27,6 +27,7 @@ import nats
 import structlog
 from nats.aio.client import Client
 
+from edgeagent.acks import Acks
 from edgeagent.agent import Agent
 from edgeagent.blobs import Blobs
 from edgeagent.bus import NatsBus
@@ -250,6 +251,8 @@ class SimulatedFleet:
         """Tell every bus on connection ``index`` that it reconnected (no polling)."""
 
         async def reconnected() -> None:
+            # Publishes sent before may be lost: stop waiting for their acks.
+            Acks.of(self._clients[index]).abandon("the connection was re-established")
             for bus in self._buses.get(index, []):
                 bus.notify_reconnected()
 

@@ -91,3 +91,20 @@ async def test_bus_publish_durable_goes_through_the_connections_acks(
     assert (await nc.jetstream().get_last_msg(stream, "reports.bus")).data == b"ok"
     with pytest.raises(BusRejected, match=r"reports\.bus"):
         await bus.publish_durable("reports.bus", b"y" * 100)
+
+
+async def test_abandoning_fails_waiting_publishes_at_once(nc: Client) -> None:
+    arrived = asyncio.Event()
+
+    async def silent(msg: Msg) -> None:
+        arrived.set()
+
+    await nc.subscribe("quiet.>", cb=silent)
+    acks = Acks.of(nc)
+    waiting = asyncio.create_task(acks.publish("quiet.y", b"?", timeout=60))
+    await asyncio.wait_for(arrived.wait(), 5)
+    assert acks.pending == 1
+    acks.abandon("the connection was re-established")
+    with pytest.raises(BusUnavailable, match=r"quiet\.y: the connection was re-established"):
+        await asyncio.wait_for(waiting, 2)
+    assert acks.pending == 0
