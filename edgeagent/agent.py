@@ -32,9 +32,10 @@ from bundles.templating import ClusterContext
 from edgeagent import identity as identity_mod
 from edgeagent.backend import ClusterBackend
 from edgeagent.blobs import BlobProvider, Blobs
-from edgeagent.bus import AgentBus, Handler, NatsBus, Subscription
+from edgeagent.bus import AgentBus, NatsBus, Subscription
 from edgeagent.desired import DecodedMessages, DesiredState, Scope
 from edgeagent.errors import AgentError, BusError, BusUnavailable, IdentityError, StateStoreError
+from edgeagent.fanout import Handler
 from edgeagent.reconciler import Reconciler
 from edgeagent.render import ParseCache
 from edgeagent.reporter import Reporter

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import nats
@@ -33,13 +32,12 @@ from nats.js.object_store import ObjectStore
 
 from edgeagent.acks import Acks
 from edgeagent.errors import BlobError, BusError, BusRejected, BusUnavailable
+from edgeagent.fanout import Fanout, FanoutSubscription, Handler
 from edgeagent.settings import AgentSettings
 from edgeagent.tasks import TaskSet, wait_event
 from protocol import subjects
 
 log = structlog.get_logger(__name__)
-
-Handler = Callable[[str, bytes], Awaitable[None]]
 
 DIRECT_GET = "$JS.API.DIRECT.GET"
 _STATUS = "Status"
@@ -77,7 +75,7 @@ class AgentBus(Protocol):
 
 
 class _NatsSub:
-    def __init__(self, bus: NatsBus, sub: NatsSubscription) -> None:
+    def __init__(self, bus: NatsBus, sub: NatsSubscription | FanoutSubscription) -> None:
         self._bus = bus
         self._sub = sub
 
@@ -97,6 +95,7 @@ class NatsBus:
         client: Client | None = None,
         url: str | None = None,
         name: str = "shoal-agent",
+        fanout: Fanout | None = None,
     ) -> None:
         if (client is None) == (url is None):
             raise ValueError("give exactly one of client= or url=")
@@ -107,6 +106,8 @@ class NatsBus:
         self._js: JetStreamContext | None = client.jetstream() if client else None
         self._objects: ObjectStore | None = None
         self._subs: set[_NatsSub] = set()
+        # A connection shared with other buses may share subscriptions too.
+        self._fanout = fanout
         self._wake = asyncio.Event()
         self._tasks = TaskSet("bus")
         # An owned connection signals reconnects itself; for a shared one the owner
@@ -222,6 +223,10 @@ class NatsBus:
 
     async def subscribe(self, subject: str, handler: Handler) -> Subscription:
         nc = self._client()
+        if self._fanout is not None:
+            handle = _NatsSub(self, await self._fanout.subscribe(subject, handler))
+            self._subs.add(handle)
+            return handle
 
         async def deliver(msg: Msg) -> None:
             try:

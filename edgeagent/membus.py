@@ -13,8 +13,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from edgeagent.bus import Handler
 from edgeagent.errors import BlobError, BusUnavailable
+from edgeagent.fanout import Handler
 from edgeagent.tasks import wait_event
 
 Responder = Callable[[str, bytes], Awaitable[bytes]]

@@ -33,6 +33,7 @@ from edgeagent.blobs import Blobs
 from edgeagent.bus import NatsBus
 from edgeagent.desired import DecodedMessages
 from edgeagent.errors import AgentError, BusUnavailable
+from edgeagent.fanout import Fanout
 from edgeagent.render import ParseCache
 from edgeagent.settings import AgentSettings
 from edgeagent.simulated import SimulatedCluster
@@ -66,6 +67,7 @@ class ConnectionGroup:
     connections: int = 1
 
 
+SHARED_PENDING_BYTES = 64 * 1024 * 1024  # outgoing buffer of a connection agents share
 DRIVE_BATCH = 250  # agents whose heartbeats one step of drive_heartbeats sends
 
 
@@ -113,6 +115,7 @@ class SimulatedFleet:
         self._group_clients: dict[str, list[int]] = {}  # group -> indices into _clients
         self.group_agents: dict[str, list[Agent]] = {g.name: [] for g in groups}
         self._driven = driven_heartbeats
+        self._fanouts: list[Fanout] = []
 
     async def __aenter__(self) -> SimulatedFleet:
         await self.start()
@@ -134,6 +137,8 @@ class SimulatedFleet:
                 ]
         else:
             default = len(self._clients)
+        # The connection's agents share its subscriptions, as behind a leaf node.
+        self._fanouts = [Fanout(c) for c in self._clients]
         # One blob downloader per connection: a rollout fetches each blob once.
         loaders = [
             Blobs(
@@ -155,7 +160,12 @@ class SimulatedFleet:
             name = self._name_for(index)
             seed = None if self.settings.sim_seed is None else self.settings.sim_seed + index
             backend = SimulatedCluster.from_settings(self.settings, seed=seed)
-            bus = NatsBus(self.settings, client=self._clients[connection], name=name)
+            bus = NatsBus(
+                self.settings,
+                client=self._clients[connection],
+                name=name,
+                fanout=self._fanouts[connection],
+            )
             if self._owns_clients:
                 bus.notify_reconnected()  # promise: our reconnected_cb will wake it
             agent = Agent(
@@ -230,6 +240,10 @@ class SimulatedFleet:
                 allow_reconnect=True,
                 reconnected_cb=self._reconnected_cb(index),
                 error_cb=_connection_error,
+                # Thousands of agents' reports share this connection: with nats-py's
+                # 2 MiB default, a server slow to read made every publish wait on
+                # a flush of its own instead of joining the next write.
+                pending_size=SHARED_PENDING_BYTES,
             )
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             await self._close_clients()
