@@ -381,3 +381,31 @@ async def test_a_report_the_replica_missed_is_read_back_when_a_heartbeat_announc
     await h.heartbeat(nc, reg, status_seq=2)
     await asyncio.sleep(0.2)
     assert await ingest.recover_unreported(time.time() + 60) == 0
+
+
+async def test_a_status_consumer_lost_on_the_server_is_made_again(
+    control_plane: ControlPlane, nc: Client
+) -> None:
+    token = await h.create_token(nc)
+    reg = await h.register(nc, token, "shop-1", {"env": "prod"})
+    assert isinstance(reg, RegisterReply)
+    applied = await h.apply_bundle(nc, "web", h.resources("1"))
+    deployment = applied.deployment_ids[0]
+
+    async def states() -> dict[State, int]:
+        return (await h.bundles(nc))["web"].states
+
+    async def not_ready() -> bool:
+        return await states() == {State.NOT_READY: 1}
+
+    async def ready() -> bool:
+        return await states() == {State.READY: 1}
+
+    await h.report(nc, reg, {"web": (deployment, State.NOT_READY)}, seq=1)
+    await eventually(not_ready)
+    js = nc.jetstream()
+    for consumer in await js.consumers_info(subjects.STATUS_STREAM):
+        await js.delete_consumer(subjects.STATUS_STREAM, consumer.name)
+    await h.report(nc, reg, {"web": (deployment, State.READY)}, seq=2)
+    await eventually(ready, timeout=15)
+    assert (await h.stats(nc)).get("status_consumer_restarts", 0) >= 1
