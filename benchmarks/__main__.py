@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.clusters < 1 or args.classes < 1 or args.timeout <= 0:
         print("--clusters, --classes and --timeout must be positive", file=sys.stderr)
         return 2
-    gcpolicy.tune()
+    gcpolicy.tune(fleet=True)  # scenarios run simulated fleets in this process
     logs.configure(HARNESS_LOG_LEVEL)
     logging.getLogger("asyncio").setLevel(logging.ERROR)
     func, _ = SCENARIOS[args.scenario]

@@ -92,7 +92,7 @@ def main() -> int:
     parser.add_argument("--heartbeat-interval", type=float, default=None)
     parser.add_argument("--driven-heartbeats", action="store_true")
     args = parser.parse_args()
-    gcpolicy.tune()
+    gcpolicy.tune(fleet=True)
     logs.configure("warning")
     logging.getLogger("asyncio").setLevel(logging.ERROR)
     asyncio.run(run(args))

@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     long_running = args.command in ("server", "agent")
     if long_running or args.command == "demo":
-        gcpolicy.tune()
+        gcpolicy.tune(fleet=args.command == "demo")
     logs.configure(args.log_level or ("info" if long_running else "warning"), args.log_format)
     func: Command = args.func
     try:
