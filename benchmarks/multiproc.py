@@ -206,6 +206,9 @@ async def run(
                 result["errors"].append(
                     f"first bundle: only {ready} of {clusters} Ready within {timeout} s"
                 )
+                result["stuck_agents"] = [
+                    agent for answer in await ask(workers, "stuck") for agent in json.loads(answer)
+                ]
             result["baseline_seconds"] = round(seconds, 3)
             await asyncio.sleep(RSS_SETTLE_SECONDS)
             result["cp_rss_bytes_per_cluster"] = round(

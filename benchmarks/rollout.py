@@ -43,7 +43,7 @@ from typing import Any
 
 from benchmarks import harness as h
 from benchmarks.rawnats import raw_nats_seconds
-from benchmarks.taps import DesiredTap, StatusTap, class_members
+from benchmarks.taps import DesiredTap, StatusTap, class_members, stuck_agents
 from edgeagent.settings import AgentSettings
 from edgeagent.simfleet import SimulatedFleet
 from edgeagent.store import MemoryBlobCache
@@ -141,6 +141,7 @@ async def run(*, clusters: int, classes: int, timeout: float) -> dict[str, Any]:
                 result["errors"].append(
                     f"first bundle: only {ready} of {clusters} Ready within {timeout} s"
                 )
+                result["stuck_agents"] = stuck_agents(fleet.agents)
             result["baseline_seconds"] = round(seconds, 3)
             await asyncio.sleep(RSS_SETTLE_SECONDS)
             rss_after = bench.cp.rss_bytes()

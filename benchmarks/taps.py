@@ -49,6 +49,38 @@ def class_members(agents: Iterable[Agent]) -> Counter[str]:
     )
 
 
+STUCK_SHOWN = 20  # agents described when a bundle does not converge
+
+
+def stuck_agents(agents: Iterable[Agent], limit: int = STUCK_SHOWN) -> list[dict[str, object]]:
+    """Up to ``limit`` agents not all Ready here, as the agent itself sees it.
+
+    For a rollout that does not converge: whether the agent synced, what it
+    was told, what it holds and what it reported tell which side lost what.
+    """
+    out: list[dict[str, object]] = []
+    for agent in agents:
+        if agent.reconciler.all_ready():
+            continue
+        out.append(
+            {
+                "name": agent.name,
+                "cluster": agent.identity.cluster_id if agent.identity else None,
+                "syncs": agent.syncs,
+                "class": class_of(agent.name, agent.labels, agent.desired.schema or ClassSchema()),
+                "desired": sorted(agent.desired.effective()),
+                "statuses": {s.bundle: str(s.state) for s in agent.reconciler.statuses()},
+                "status_seq": agent.reporter.status_seq,
+                "reports_sent": agent.reporter.reports_sent,
+                "report_failures": agent.reporter.failures,
+                "dirty": agent.reporter.dirty,
+            }
+        )
+        if len(out) >= limit:
+            break
+    return out
+
+
 @dataclass
 class DesiredTap:
     """Counts desired-state messages and the bytes each cluster receives of them."""

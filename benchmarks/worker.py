@@ -14,7 +14,9 @@ when its stdin closes:
 * ``members``: ``members <JSON object>``, how many of its agents subscribe to
   each class's subject (:func:`benchmarks.taps.class_members`), which the
   harness's desired-state tap charges the class messages to;
-* ``blobs``: ``blobs <downloads> <bytes>`` put into its fleet's blob cache so far.
+* ``blobs``: ``blobs <downloads> <bytes>`` put into its fleet's blob cache so far;
+* ``stuck``: ``stuck <JSON list>``, up to 20 of its agents not all Ready, each as
+  it sees itself (:func:`benchmarks.taps.stuck_agents`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import sys
 
 from benchmarks import harness as h
 from benchmarks.rollout import FLEET_SETTINGS, CountingBlobCache
-from benchmarks.taps import class_members
+from benchmarks.taps import class_members, stuck_agents
 from edgeagent.simfleet import SimulatedFleet, sim_name
 from shoal_cli import gcpolicy, logs
 
@@ -44,6 +46,8 @@ def answer(command: str, fleet: SimulatedFleet, blobs: CountingBlobCache) -> str
             return json.dumps(class_members(fleet.agents))
         case "blobs":
             return f"{blobs.puts} {blobs.bytes}"
+        case "stuck":
+            return json.dumps(stuck_agents(fleet.agents))
         case _:
             return "unknown"
 

@@ -7,7 +7,10 @@ identity, desired-state, reconciler and reporter code), with a
 publishes its own status and heartbeats on its own subjects: clusters'
 messages are never merged, so the control plane sees exactly what a real
 fleet would send. What is shared is the NATS connections (agents are spread
-over a few) and the blob cache, so a rollout downloads each blob once.
+over a few), on each connection the subscription to each subject (one copy
+of a class message per connection, handed to every agent, as a leaf node
+does: :mod:`edgeagent.fanout`), and the blob cache, so a rollout downloads
+each blob once.
 
 A :class:`ConnectionGroup` puts some agents on connections of their own, to
 another URL: a site behind its own uplink. The ``reconnect`` benchmark points
