@@ -30,10 +30,22 @@ async def control_plane(cp_settings: ServerSettings) -> AsyncIterator[ControlPla
         yield plane
 
 
-@pytest.fixture
-async def nc(nats_server: EmbeddedNats) -> AsyncIterator[Client]:
+async def _connection(nats_server: EmbeddedNats) -> AsyncIterator[Client]:
     client = await nats.connect(nats_server.url)
     try:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedNats) -> AsyncIterator[Client]:
+    async for client in _connection(nats_server):
+        yield client
+
+
+@pytest.fixture
+async def publisher_nc(nats_server: EmbeddedNats) -> AsyncIterator[Client]:
+    """A second connection, for a test that publishes as the control plane would."""
+    async for client in _connection(nats_server):
+        yield client
