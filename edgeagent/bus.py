@@ -26,12 +26,12 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
 from nats.js.object_store import ObjectStore
 
 from edgeagent.acks import Acks
 from edgeagent.errors import BlobError, BusError, BusRejected, BusUnavailable
+from edgeagent.fanout import NATS_ERRORS as _NATS_ERRORS
 from edgeagent.fanout import Fanout, FanoutSubscription, Handler
 from edgeagent.settings import AgentSettings
 from edgeagent.tasks import TaskSet, wait_event
@@ -43,7 +43,6 @@ DIRECT_GET = "$JS.API.DIRECT.GET"
 _STATUS = "Status"
 _CONNECT_POLL = 0.05
 
-_NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, TimeoutError, OSError)
 _DRAIN_ERRORS: tuple[type[BaseException], ...] = _NATS_ERRORS
 
 
@@ -75,7 +74,7 @@ class AgentBus(Protocol):
 
 
 class _NatsSub:
-    def __init__(self, bus: NatsBus, sub: NatsSubscription | FanoutSubscription) -> None:
+    def __init__(self, bus: NatsBus, sub: FanoutSubscription) -> None:
         self._bus = bus
         self._sub = sub
 
@@ -106,7 +105,7 @@ class NatsBus:
         self._js: JetStreamContext | None = client.jetstream() if client else None
         self._objects: ObjectStore | None = None
         self._subs: set[_NatsSub] = set()
-        # A connection shared with other buses may share subscriptions too.
+        # Given when the connection is shared with other buses; else made at first use.
         self._fanout = fanout
         self._wake = asyncio.Event()
         self._tasks = TaskSet("bus")
@@ -223,22 +222,9 @@ class NatsBus:
 
     async def subscribe(self, subject: str, handler: Handler) -> Subscription:
         nc = self._client()
-        if self._fanout is not None:
-            handle = _NatsSub(self, await self._fanout.subscribe(subject, handler))
-            self._subs.add(handle)
-            return handle
-
-        async def deliver(msg: Msg) -> None:
-            try:
-                await handler(msg.subject, bytes(msg.data))
-            except Exception:
-                log.exception("bus.handler_failed", subject=msg.subject)
-
-        try:
-            sub = await nc.subscribe(subject, cb=deliver)
-        except _NATS_ERRORS as exc:
-            raise BusUnavailable(f"cannot subscribe to {subject}: {exc!r}") from exc
-        handle = _NatsSub(self, sub)
+        if self._fanout is None:  # a bus of its own: a fan-out with one handler per subject
+            self._fanout = Fanout(nc)
+        handle = _NatsSub(self, await self._fanout.subscribe(subject, handler))
         self._subs.add(handle)
         return handle
 

@@ -32,7 +32,7 @@ from edgeagent.errors import BusUnavailable
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[str, bytes], Awaitable[None]]
-_NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, TimeoutError, OSError)
+NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, TimeoutError, OSError)
 
 
 class _Subject:
@@ -95,7 +95,7 @@ class Fanout:
             shared.handlers[key] = handler
             try:
                 sub = await self._nc.subscribe(subject, cb=shared.deliver)
-            except _NATS_ERRORS as exc:
+            except NATS_ERRORS as exc:
                 error = BusUnavailable(f"cannot subscribe to {subject}: {exc!r}")
                 if self._subjects.get(subject) is shared:
                     del self._subjects[subject]
@@ -104,7 +104,7 @@ class Fanout:
                 raise error from exc
             shared.ready.set_result(sub)
             if self._subjects.get(subject) is not shared:  # all left while it was made
-                with contextlib.suppress(*_NATS_ERRORS):
+                with contextlib.suppress(*NATS_ERRORS):
                     await sub.unsubscribe()
         else:
             shared.handlers[key] = handler
@@ -121,5 +121,5 @@ class Fanout:
             return
         del self._subjects[subject]  # the last one out: later joiners subscribe anew
         if shared.ready.done() and not shared.ready.exception():
-            with contextlib.suppress(*_NATS_ERRORS):
+            with contextlib.suppress(*NATS_ERRORS):
                 await shared.ready.result().unsubscribe()
