@@ -75,6 +75,8 @@ class Fleet:
         self._bundle_locks: dict[str, asyncio.Lock] = {}
         # Requests are served concurrently; one name registers one cluster at a time.
         self._registering: set[str] = set()
+        # Classes a registration made whose desired state is still being published.
+        self._unpublished: dict[str, asyncio.Event] = {}
 
     # -- loading -------------------------------------------------------------
 
@@ -132,7 +134,8 @@ class Fleet:
             # Registered through another replica: its liveness is ours to track.
             self.liveness.seen(record, time.time())
         if new_class and self._loaded:
-            await self.retarget()
+            # Maybe made here before the registration that saved it saw it.
+            await self._class_published(record.class_id, new=True)
 
     async def set_leader(self, leader: bool) -> None:
         """Become or stop being the replica that publishes desired state."""
@@ -292,10 +295,31 @@ class Fleet:
         record, new_class = await self.registry.save(stored)
         now = time.time()
         self.heartbeat(record, seen=now, now=now)
-        if new_class:
-            await self.retarget()
+        await self._class_published(record.class_id, new=new_class)
         log.info("cluster.registered", cluster=name, cluster_id=cluster_id, again=bool(existing))
         return record, secret
+
+    async def _class_published(self, class_id: str, *, new: bool) -> None:
+        """Return once the desired state of class ``class_id`` is stored on the bus.
+
+        The agent subscribes to its class and reads the class's messages once the
+        reply comes. A message still on its way into the stream then can reach
+        neither: routed before the subscription, stored after the read. So a
+        registration that makes a class publishes it first, and the class's other
+        registrations meanwhile wait for that.
+        """
+        if not new:
+            pending = self._unpublished.get(class_id)
+            if pending is not None:
+                await pending.wait()
+            return
+        published = self._unpublished[class_id] = asyncio.Event()
+        try:
+            await self.retarget()
+        finally:
+            published.set()
+            if self._unpublished.get(class_id) is published:
+                del self._unpublished[class_id]
 
     async def hello(
         self,
@@ -315,8 +339,7 @@ class Fleet:
                 update={"labels": labels, "annotations": annotations}
             )
             _, new_class = await self.registry.save(updated)
-            if new_class:
-                await self.retarget()
+            await self._class_published(record.class_id, new=new_class)
             log.info("cluster.labels.changed", cluster=record.name, labels=labels)
         now = time.time()
         self.heartbeat(record, seen=now, now=now)

@@ -302,10 +302,16 @@ class Agent:
             if old is not None:
                 await old.unsubscribe()
             self.desired.reset_class(class_id)
-            self._subs["class"] = await self.bus.subscribe(
-                subjects.desired_class(class_id), self._desired_handler(Scope.CLASS)
-            )
+            # Named before subscribing: a message delivered before subscribe()
+            # returns is for this class, and may be one no snapshot finds yet.
             self._subscribed_class = class_id
+            try:
+                self._subs["class"] = await self.bus.subscribe(
+                    subjects.desired_class(class_id), self._desired_handler(Scope.CLASS)
+                )
+            except BusError:
+                self._subscribed_class = ""
+                raise
             log.info("agent.class", cluster=self.identity.cluster_id, class_id=class_id)
         cluster_filter = subjects.cluster_desired_all(self.identity.cluster_id)
         if cluster_filter != self._subscribed_cluster:

@@ -238,12 +238,16 @@ class Reconciler:
         non_ready: tuple[ResourceCondition, ...] = (),
         modified: tuple[ResourceCondition, ...] = (),
         notify: bool = True,
+        deployment_id: str | None = None,
     ) -> None:
-        # A paused bundle reports the deployment it holds, which is not the desired one.
-        held = record.applied if record.holding else None
+        """Record ``state`` of ``deployment_id`` (by default the desired deployment)."""
+        if deployment_id is None:
+            # A paused bundle reports the deployment it holds, not the desired one.
+            held = record.applied if record.holding else None
+            deployment_id = held.deployment_id if held else record.desired.deployment_id
         status = BundleStatus(
             bundle=record.desired.bundle,
-            deployment_id=held.deployment_id if held else record.desired.deployment_id,
+            deployment_id=deployment_id,
             state=state,
             message=message,
             non_ready=non_ready,
@@ -302,6 +306,10 @@ class Reconciler:
             record.failures += 1
             self._set(record, State.ERR_APPLIED, message=f"internal error: {exc!r}")
             record.due = self._now() + self._backoff(record.failures)
+        if record.desired is not desired:
+            # Changed while this step awaited the backend: the step's own schedule
+            # (a Ready bundle's next look, a minute away) must not delay the change.
+            record.due = 0.0
 
     async def _capabilities(self) -> Capabilities:
         """The cluster's version and APIs, asked again at most once a minute."""
@@ -371,7 +379,7 @@ class Reconciler:
         first = record.attempted != desired.deployment_id
         record.attempted = desired.deployment_id
         if first:
-            self._set(record, State.WAIT_APPLIED, notify=False)
+            self._set(record, State.WAIT_APPLIED, notify=False, deployment_id=desired.deployment_id)
         try:
             deployment = await self._prepare(desired)
             async with self._deadline():
@@ -381,7 +389,13 @@ class Reconciler:
                 exc = ApplyError(f"apply timed out after {self.settings.apply_timeout:.0f} s")
             conditions = exc.conditions if isinstance(exc, ApplyError) else ()
             record.failures += 1
-            self._set(record, State.ERR_APPLIED, message=str(exc), non_ready=conditions)
+            self._set(
+                record,
+                State.ERR_APPLIED,
+                message=str(exc),
+                non_ready=conditions,
+                deployment_id=desired.deployment_id,
+            )
             if exc.transient:
                 record.due = self._now() + self._backoff(record.failures)
             else:
@@ -417,8 +431,10 @@ class Reconciler:
         except TimeoutError:
             seen = Observation(state=State.NOT_READY)
         s = self.settings
+        # What was seen is about the applied deployment, even if another is desired by now.
+        observed = record.applied.deployment_id
         if seen.state == State.MODIFIED:
-            self._set(record, State.MODIFIED, modified=seen.modified)
+            self._set(record, State.MODIFIED, modified=seen.modified, deployment_id=observed)
             if record.desired.options.correct_drift:
                 record.reapply = True
                 record.due = self._now() + (
@@ -430,10 +446,10 @@ class Reconciler:
             else:
                 record.due = self._now() + s.observe_interval_not_ready
         elif seen.state == State.READY:
-            self._set(record, State.READY)
+            self._set(record, State.READY, deployment_id=observed)
             record.due = self._now() + s.observe_interval
         else:
-            self._set(record, State.NOT_READY, non_ready=seen.non_ready)
+            self._set(record, State.NOT_READY, non_ready=seen.non_ready, deployment_id=observed)
             record.due = self._now() + s.observe_interval_not_ready
 
     async def _remove(self, name: str, removal: _Removal) -> None:

@@ -13,6 +13,7 @@ from controlplane.errors import ControlPlaneError
 from controlplane.server import ControlPlane
 from controlplane.settings import ServerSettings
 from protocol import admin, codec, subjects
+from protocol.ids import manifest_of
 from protocol.messages import DesiredBundle, ErrorReply, RegisterReply
 from protocol.states import State
 from tests.integration import cp_helpers as h
@@ -409,3 +410,39 @@ async def test_a_status_consumer_lost_on_the_server_is_made_again(
     await h.report(nc, reg, {"web": (deployment, State.READY)}, seq=2)
     await eventually(ready, timeout=15)
     assert (await h.stats(nc)).get("status_consumer_restarts", 0) >= 1
+
+
+async def test_a_registration_into_a_class_being_made_is_answered_once_its_state_is_stored(
+    control_plane: ControlPlane, nc: Client
+) -> None:
+    token = await h.create_token(nc)
+    applied = await h.apply_bundle(nc, "web", h.resources("1"), targets=["env=prod"])
+    assert isinstance(applied, admin.BundleApplied)
+    publisher = control_plane.fleet.publisher
+    gate = asyncio.Event()
+    sync = publisher.sync
+
+    async def slow_sync(*args: object, **kwargs: object) -> int:
+        await gate.wait()  # the class's message is on its way, not stored yet
+        return await sync(*args, **kwargs)  # type: ignore[arg-type]
+
+    publisher.sync = slow_sync  # type: ignore[method-assign]
+    first = asyncio.create_task(h.register(nc, token, "prod-1", {"env": "prod"}))
+    await eventually(lambda: _true(control_plane.fleet.registry.get_by_name("prod-1")))
+    second = asyncio.create_task(h.register(nc, token, "prod-2", {"env": "prod"}))
+    await asyncio.sleep(0.3)
+    # prod-2 would subscribe and read its class now and could find nothing there.
+    assert not first.done() and not second.done()
+    gate.set()
+    reply = await second
+    assert isinstance(reply, RegisterReply) and isinstance(await first, RegisterReply)
+    listed = await h.clusters(nc)
+    stored = await nc.jetstream().get_last_msg(
+        subjects.DESIRED_STREAM, subjects.desired(listed["prod-2"].class_id, "web")
+    )
+    message = codec.decode(stored.data or b"", DesiredBundle)
+    assert manifest_of(message.deployment_id) == applied.manifest_id
+
+
+async def _true(value: object) -> bool:
+    return bool(value)

@@ -408,3 +408,53 @@ async def test_an_apply_that_hangs_is_errapplied_after_apply_timeout_then_retrie
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class GatedCluster(SimulatedCluster):
+    """A backend whose applies wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__(readiness_delay=0.0, seed=1)
+        self.gate = asyncio.Event()
+        self.applying = asyncio.Event()
+
+    async def apply(self, deployment: Deployment) -> None:
+        self.applying.set()
+        await self.gate.wait()
+        await super().apply(deployment)
+
+
+async def test_a_change_that_arrives_during_an_apply_is_applied_next_and_not_reported_early() -> (
+    None
+):
+    w = World()
+    cluster = w.cluster = GatedCluster()
+    # A Ready bundle is looked at again only after a minute: the change must not wait for that.
+    w.reconciler = Reconciler(
+        backend=cluster, blobs=w.blobs, settings=FAST.model_copy(update={"observe_interval": 60.0})
+    )
+    seen: list[tuple[str, State, str | None]] = []
+
+    def record() -> None:
+        status = w.status("app")
+        if status is not None:
+            seen.append((status.deployment_id, status.state, cluster.deployment_of("app")))
+
+    w.reconciler.on_change = record
+    task = asyncio.create_task(w.reconciler.run())
+    try:
+        first = w.bundle("app", {"cm.yaml": configmap("a")})
+        await cluster.applying.wait()
+        second = w.bundle("app", {"cm.yaml": configmap("a", data="changed")})
+        cluster.gate.set()
+        await w.until(lambda: cluster.deployment_of("app") == second.deployment_id)
+        ready = await w.state("app", State.READY)
+        assert ready.deployment_id == second.deployment_id
+        # What was reported while the first deployment was on the cluster names the first.
+        held_first = [(d, s) for d, s, on in seen if on == first.deployment_id]
+        assert held_first
+        assert all(d == first.deployment_id for d, _ in held_first)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

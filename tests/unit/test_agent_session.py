@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from edgeagent.agent import Agent
+from edgeagent.bus import Subscription
 from edgeagent.desired import DecodedMessages, DesiredState, Scope
 from edgeagent.errors import IdentityError
+from edgeagent.fanout import Handler
 from edgeagent.membus import MemoryBus
 from edgeagent.settings import AgentSettings
 from edgeagent.simulated import SimulatedCluster
@@ -312,3 +314,32 @@ def test_decoded_messages_decode_a_payload_once_and_never_keep_garbage() -> None
         decoded.decode(encode(DesiredBundle(bundle="web", rev=rev, deployment_id="d")))
     again = decoded.decode(payload)
     assert again == first and again is not first
+
+
+class EarlyDeliveryBus(MemoryBus):
+    """A bus whose class subscription delivers a message before ``subscribe`` returns,
+    a message the stream has not stored yet (so no snapshot can find it)."""
+
+    def __init__(self, subject: str, payload: bytes) -> None:
+        super().__init__()
+        self.early = (subject, payload)
+
+    async def subscribe(self, subject: str, handler: Handler) -> Subscription:
+        sub = await super().subscribe(subject, handler)
+        if subscribed_to(subject, self.early[0]):
+            await handler(*self.early)
+        return sub
+
+
+def subscribed_to(pattern: str, subject: str) -> bool:
+    return pattern.split(".")[:4] == subject.split(".")[:4]
+
+
+async def test_a_message_delivered_while_the_class_subscription_is_made_is_kept() -> None:
+    subject = class_subject("app")
+    message = DesiredBundle(bundle="app", rev=1, deployment_id="s-" + "0" * 64 + ":" + "0" * 16)
+    bus = EarlyDeliveryBus(subject, encode(message))
+    ControlPlane(bus)
+    async with make_agent(bus, MemoryStore()) as agent:
+        await until(lambda: agent.syncs == 1)
+        assert set(agent.desired.effective()) == {"app"}
