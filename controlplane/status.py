@@ -37,7 +37,9 @@ class StatusBook:
     def _add(self, record: ClusterRecord, sign: int, class_id: str | None = None) -> None:
         label_class = record.class_id if class_id is None else class_id
         for bundle, deployment, state in record.reported:
-            counter = self.counts.setdefault(bundle, Counter())
+            counter = self.counts.get(bundle)
+            if counter is None:  # not setdefault: no Counter built per call on the ingest path
+                counter = self.counts[bundle] = Counter()
             key = (label_class, deployment, state)
             counter[key] += sign
             if counter[key] <= 0:

@@ -245,7 +245,16 @@ class Reconciler:
             # A paused bundle reports the deployment it holds, not the desired one.
             held = record.applied if record.holding else None
             deployment_id = held.deployment_id if held else record.desired.deployment_id
-        status = BundleStatus(
+        current = record.status
+        if (
+            current.state == state
+            and current.deployment_id == deployment_id
+            and current.message == message
+            and current.non_ready == non_ready
+            and current.modified == modified
+        ):
+            return  # most observations find what the last one found
+        record.status = BundleStatus(
             bundle=record.desired.bundle,
             deployment_id=deployment_id,
             state=state,
@@ -253,11 +262,9 @@ class Reconciler:
             non_ready=non_ready,
             modified=modified,
         )
-        if status != record.status:
-            record.status = status
-            self._changed(notify=notify)
-            if state == State.READY:
-                self._wake_dependents()
+        self._changed(notify=notify)
+        if state == State.READY:
+            self._wake_dependents()
 
     def _wake_dependents(self) -> None:
         waiting = [other for other in self._records.values() if other.waiting]

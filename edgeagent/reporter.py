@@ -75,17 +75,47 @@ class Reporter:
         self.reports_sent = 0
         self.heartbeats_sent = 0
         self.failures = 0  # consecutive reports the bus did not take
-        self._wake = asyncio.Event()
-        self._wake.set()  # the first report goes out as soon as there is an identity
+        # run_status sleeps on _due; an alarm set by notify() wakes it when a report
+        # may go: a moment after the first change, never sooner than the interval
+        # (or backoff) after the attempt before. One wake-up per report.
+        self._due = asyncio.Event()
+        self._alarm: asyncio.TimerHandle | None = None
+        self._reporting = False  # between the alarm and the end of that attempt
+        self._not_before = -math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._subjects_of: Identity | None = None
+        self._subject_pair = ("", "")
 
     def notify(self) -> None:
         """Something in the status changed: report it (within the status interval)."""
-        self._wake.set()
+        self._arm()
 
     def force_full(self) -> None:
         """Send a full report at the next interval even if nothing changed (reconnects)."""
         self._force = True
-        self._wake.set()
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._alarm is not None or self._reporting or self._loop is None:
+            return  # a report is coming, or run_status will arm when it starts
+        settle = min(self._settings.status_settle, self._settings.status_interval)
+        delay = max(settle, self._not_before - self._loop.time())
+        self._alarm = self._loop.call_later(delay, self._ring)
+
+    def _ring(self) -> None:
+        self._alarm = None
+        self._reporting = True
+        self._due.set()
+
+    def _subjects(self, identity: Identity) -> tuple[str, str]:
+        """(status, heartbeat) subjects of ``identity``, built once per identity."""
+        if self._subjects_of is not identity:
+            self._subject_pair = (
+                subjects.status(identity.shard, identity.cluster_id),
+                subjects.heartbeat(identity.shard, identity.cluster_id),
+            )
+            self._subjects_of = identity
+        return self._subject_pair
 
     @property
     def dirty(self) -> bool:
@@ -98,7 +128,7 @@ class Reporter:
         version = self._source.version
         seq = self.status_seq + 1
         report = StatusReport(seq=seq, sent_at=self._clock(), bundles=self._source.statuses())
-        subject = subjects.status(self.identity.shard, self.identity.cluster_id)
+        subject = self._subjects(self.identity)[0]
         try:
             await self._bus.publish_durable(subject, encode(report))
         except BusError as exc:
@@ -131,7 +161,7 @@ class Reporter:
         if since < self._settings.heartbeat_interval:
             return False
         seq = self.heartbeat_seq + 1
-        subject = subjects.heartbeat(self.identity.shard, self.identity.cluster_id)
+        subject = self._subjects(self.identity)[1]
         try:
             await self._bus.publish(subject, encode_heartbeat(seq, self.status_seq))
         except BusError as exc:
@@ -150,21 +180,21 @@ class Reporter:
         return ceiling * (0.5 + 0.5 * random.random())
 
     async def run_status(self) -> None:
-        loop = asyncio.get_running_loop()
-        settle = min(self._settings.status_settle, self._settings.status_interval)
-        not_before = -math.inf  # the next report keeps this far from the last attempt
-        while True:
-            await self._wake.wait()
-            # Changes that follow at once join this report; and no report comes
-            # sooner than the interval (or backoff) after the one before.
-            pause = max(settle, not_before - loop.time())
-            if pause > 0:
-                await asyncio.sleep(pause)
-            self._wake.clear()
-            await self.flush()
-            not_before = loop.time() + self.retry_delay()
-            if self.dirty:  # changed meanwhile, or the bus refused: go again
-                self._wake.set()
+        loop = self._loop = asyncio.get_running_loop()
+        self._arm()  # the first report goes out as soon as there is an identity
+        try:
+            while True:
+                await self._due.wait()
+                self._due.clear()
+                await self.flush()
+                self._not_before = loop.time() + self.retry_delay()
+                self._reporting = False
+                if self.dirty:  # changed meanwhile, or the bus refused: go again
+                    self._arm()
+        finally:
+            if self._alarm is not None:
+                self._alarm.cancel()
+            self._alarm, self._reporting, self._loop = None, False, None
 
     async def run_heartbeats(self) -> None:
         while True:
