@@ -9,9 +9,10 @@ rollout (:mod:`benchmarks.rollout`) does, but the ablation:
   convergence on a first bundle and control-plane memory per cluster;
 * the rollout of a second bundle until the control plane shows all N Ready,
   with its publishes and CPU;
-* on the harness's own connection, the status reports (``StatusTap``: when
-  every cluster had reported the new deployment Ready, how many reports and
-  their size) and the desired-state messages (``DesiredTap``). The harness has
+* the status reports, read back from the status stream afterwards
+  (``StoredReports``: when every cluster had reported the new deployment
+  Ready, how many reports and their size), and on the harness's own
+  connection the desired-state messages (``DesiredTap``). The harness has
   no agent objects to charge a class message to, so it asks each worker over
   the stdin/stdout line protocol how many of its agents subscribe to each
   class's subject (the same count ``taps.class_members`` takes of a fleet
@@ -44,16 +45,13 @@ from benchmarks.rollout import (
     raw_reference,
     said,
 )
-from benchmarks.taps import DesiredTap, StatusTap
+from benchmarks.taps import DesiredTap, StoredReports
 from benchmarks.worker import CONNECTIONS_PER_WORKER
 from protocol import ids
 from protocol.models import DeploymentOptions
 from shoal_cli.client import AdminClient
 
 WORKER_STOP_TIMEOUT = 60.0
-# Once the control plane shows all Ready, how long the harness's status tap may
-# take to catch up with reports still queued on its connection.
-STATUS_TAP_GRACE = 5.0
 
 
 async def _start_worker(
@@ -231,17 +229,19 @@ async def _rollout(
 ) -> None:
     """Apply the second bundle; measure it from the control plane and the harness's taps."""
     clusters = result["clusters"]
-    desired_tap, status_tap = DesiredTap(client.nc), StatusTap(client.nc)
+    manifest, _ = h.bundle_blob(ROLLOUT_BUNDLE, "1")
+    desired_tap = DesiredTap(client.nc)
+    stored = StoredReports(
+        client.nc, ROLLOUT_BUNDLE, ids.deployment_id(manifest, DeploymentOptions()), clusters
+    )
     await desired_tap.start()
-    await status_tap.start()
     try:
-        manifest, _ = h.bundle_blob(ROLLOUT_BUNDLE, "1")
-        status_tap.watch(ROLLOUT_BUNDLE, ids.deployment_id(manifest, DeploymentOptions()), clusters)
+        await stored.mark()
         before = await h.stats(client)
         cpu_before = cp.cpu_seconds()
         blobs_before = await blobs_downloaded(workers)
         h.say(f"rollout: applying {ROLLOUT_BUNDLE} to {clusters} clusters")
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         await h.apply_bundle(client, ROLLOUT_BUNDLE, "1")
         ready, _ = await h.wait_ready(
             client, ROLLOUT_BUNDLE, clusters, timeout=timeout, label=ROLLOUT_BUNDLE
@@ -249,30 +249,17 @@ async def _rollout(
         result["seconds_to_all_ready"] = round(time.monotonic() - started, 3)
         result["cp_cpu_seconds"] = round(cp.cpu_seconds() - cpu_before, 3)
         after = await h.stats(client)
-        await _all_reported(status_tap, started, result, wait=ready >= clusters)
         members = await members_per_class(workers)
         blobs_after = await blobs_downloaded(workers)
     finally:
         await desired_tap.stop()
-        await status_tap.stop()
     result["ready"] = ready
     counted(result, before, after)
     result.update(desired_tap.figures(members, clusters=clusters))
     result["blob_downloads"] = blobs_after[0] - blobs_before[0]
     result["blob_bytes"] = blobs_after[1] - blobs_before[1]
-    result.update(status_tap.figures())
+    result.update(await stored.figures(started_wall))
     said(result, ready, clusters, timeout=timeout)
-
-
-async def _all_reported(
-    tap: StatusTap, started: float, result: dict[str, Any], *, wait: bool
-) -> None:
-    """``seconds_to_all_reported``: when the tap saw every cluster report the rollout Ready."""
-    if wait:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(tap.done.wait(), STATUS_TAP_GRACE)
-    if tap.done.is_set():
-        result["seconds_to_all_reported"] = round(tap.done_at - started, 3)
 
 
 async def stop_workers(workers: list[asyncio.subprocess.Process]) -> None:

@@ -43,7 +43,13 @@ from typing import Any
 
 from benchmarks import harness as h
 from benchmarks.rawnats import raw_nats_seconds
-from benchmarks.taps import DesiredTap, StatusTap, class_members, stuck_agents
+from benchmarks.taps import (
+    DesiredTap,
+    StatusTap,
+    StoredReports,
+    class_members,
+    stuck_agents,
+)
 from edgeagent.settings import AgentSettings
 from edgeagent.simfleet import SimulatedFleet
 from edgeagent.store import MemoryBlobCache
@@ -167,33 +173,31 @@ async def _rollout(
     timeout: float,
 ) -> None:
     clusters = result["clusters"]
+    manifest, blob = h.bundle_blob(ROLLOUT_BUNDLE, "1")
     desired_tap = DesiredTap(client.nc)
-    status_tap = StatusTap(client.nc)
+    stored = StoredReports(
+        client.nc, ROLLOUT_BUNDLE, ids.deployment_id(manifest, DeploymentOptions()), clusters
+    )
     await desired_tap.start()
-    await status_tap.start()
     try:
-        manifest, blob = h.bundle_blob(ROLLOUT_BUNDLE, "1")
         await client.upload_blob(manifest, blob)
-        status_tap.watch(ROLLOUT_BUNDLE, ids.deployment_id(manifest, DeploymentOptions()), clusters)
+        await stored.mark()
         before = await h.stats(client)
         cpu_before, own_before = cp.cpu_seconds(), h.proc_cpu_seconds(os.getpid())
         blob_puts, blob_bytes = blobs.puts, blobs.bytes
         h.say(f"rollout: applying {ROLLOUT_BUNDLE} to {clusters} clusters")
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         applied = await h.apply_bundle(client, ROLLOUT_BUNDLE, "1")
         result["apply_seconds"] = round(time.monotonic() - started, 3)
         ready, _ = await h.wait_ready(
             client, ROLLOUT_BUNDLE, clusters, timeout=timeout, label=ROLLOUT_BUNDLE
         )
         seconds = time.monotonic() - started
-        if status_tap.done.is_set():
-            result["seconds_to_all_reported"] = round(status_tap.done_at - started, 3)
         result["cp_cpu_seconds"] = round(cp.cpu_seconds() - cpu_before, 3)
         result["harness_cpu_seconds"] = round(h.proc_cpu_seconds(os.getpid()) - own_before, 3)
         after = await h.stats(client)
     finally:
         await desired_tap.stop()
-        await status_tap.stop()
     result["ready"] = ready
     result["seconds_to_all_ready"] = round(seconds, 3)
     result["deployment_id"] = ", ".join(applied.deployment_ids)
@@ -201,7 +205,7 @@ async def _rollout(
     result.update(desired_tap.figures(class_members(fleet.agents), clusters=clusters))
     result["blob_downloads"] = blobs.puts - blob_puts
     result["blob_bytes"] = blobs.bytes - blob_bytes
-    result.update(status_tap.figures())
+    result.update(await stored.figures(started_wall))
     said(result, ready, clusters, timeout=timeout)
 
 

@@ -22,10 +22,12 @@ ablation is timed (the bus view: the very reports the control plane ingests).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import msgpack
@@ -220,3 +222,106 @@ class StatusTap:
             "status_bytes": self.bytes,
             "status_message_bytes": self.mean_size,
         }
+
+
+_DIRECT_GET = "$JS.API.DIRECT.GET"
+READ_BACK_BATCH = 1000  # reports per batch direct get when reading the stream back
+READ_BACK_TIMEOUT = 10.0  # seconds one batch may take
+
+
+@dataclass
+class StoredReports:
+    """The status reports JetStream stored during a rollout, read back afterwards.
+
+    The rollout's "all reported" figures without a live tap: a subscription to
+    every status subject has nats-server deliver each report twice and the
+    harness read 100,000 of them while the processes being measured need every
+    cycle of the two cores. The status stream numbers every report it stores
+    (so the sequences between :meth:`mark` and :meth:`figures` count them) and
+    keeps each cluster's last one with the time it was stored, which is when
+    that cluster's Ready reached the bus.
+    """
+
+    nc: Client
+    bundle: str
+    deployment: str
+    want: int
+    first_seq: int = 0
+
+    async def _last_seq(self) -> int:
+        info = await self.nc.jetstream().stream_info(subjects.STATUS_STREAM)
+        return int(info.state.last_seq)
+
+    async def mark(self) -> None:
+        """Note where the status stream stands: reports after this one count."""
+        self.first_seq = await self._last_seq() + 1
+
+    async def figures(self, started_wall: float) -> dict[str, Any]:
+        """``status_messages`` stored since :meth:`mark`, their size, and
+        ``seconds_to_all_reported`` (since ``started_wall``, a ``time.time()``) once
+        ``want`` clusters' kept reports say the deployment is Ready."""
+        count = await self._last_seq() - self.first_seq + 1
+        kept = await self._read_back()
+        size = sum(len(data) for _, data, _ in kept) // len(kept) if kept else 0
+        out: dict[str, Any] = {
+            "status_messages": count,
+            "status_message_bytes": size,
+            "status_bytes": count * size,
+        }
+        ready_at = [
+            stored_at
+            for _, data, stored_at in kept
+            if any(
+                isinstance(s, dict)
+                and s.get("bundle") == self.bundle
+                and s.get("deployment_id") == self.deployment
+                and s.get("state") == State.READY.value
+                for s in _report_bundles(data) or ()
+            )
+        ]
+        if len(ready_at) >= self.want:
+            out["seconds_to_all_reported"] = round(max(ready_at) - started_wall, 3)
+        return out
+
+    async def _read_back(self) -> list[tuple[str, bytes, float]]:
+        """(subject, data, stored at) of the kept reports from ``first_seq`` on."""
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def collect(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=collect)
+        found: list[tuple[str, bytes, float]] = []
+        seq = self.first_seq
+        try:
+            while True:
+                request = {
+                    "seq": seq,
+                    "batch": READ_BACK_BATCH,
+                    "next_by_subj": subjects.STATUS_ALL,
+                }
+                await self.nc.publish(
+                    f"{_DIRECT_GET}.{subjects.STATUS_STREAM}",
+                    json.dumps(request).encode(),
+                    reply=inbox,
+                )
+                last, more = seq - 1, False
+                while True:
+                    async with asyncio.timeout(READ_BACK_TIMEOUT):
+                        msg = await queue.get()
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status == "204":  # end of this batch
+                        more = int(headers.get("Nats-Num-Pending", "0") or 0) > 0
+                        break
+                    if status:  # 404: nothing (more) stored from seq on
+                        break
+                    last = int(headers.get("Nats-Sequence", "0") or 0)
+                    stored = datetime.fromisoformat(headers.get("Nats-Time-Stamp", "")).timestamp()
+                    found.append((headers.get("Nats-Subject", ""), bytes(msg.data), stored))
+                if not more:
+                    return found
+                seq = last + 1
+        finally:
+            await sub.unsubscribe()
