@@ -13,7 +13,7 @@ WaitApplied, or OutOfSync when they still report an older deployment.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from controlplane.registry import ClusterRecord, Registry, Reported
 from controlplane.targeting import Resolved
@@ -36,7 +36,10 @@ class StatusBook:
 
     def _add(self, record: ClusterRecord, sign: int, class_id: str | None = None) -> None:
         label_class = record.class_id if class_id is None else class_id
-        for bundle, deployment, state in record.reported:
+        self._count(label_class, record.reported, sign)
+
+    def _count(self, label_class: str, reported: Iterable[Reported], sign: int) -> None:
+        for bundle, deployment, state in reported:
             counter = self.counts.get(bundle)
             if counter is None:  # not setdefault: no Counter built per call on the ingest path
                 counter = self.counts[bundle] = Counter()
@@ -61,13 +64,18 @@ class StatusBook:
             return False
         record.status_key = seq
         record.report_seq = max(record.report_seq, report.seq)
-        if not record.offline:
-            self._add(record, -1)
+        before = record.reported
+        # Without repeats (a status listed twice is one fact), so the two
+        # differences below are exact.
         record.reported = tuple(
-            self._intern((s.bundle, s.deployment_id, s.state)) for s in report.bundles
+            dict.fromkeys(
+                self._intern((s.bundle, s.deployment_id, s.state)) for s in report.bundles
+            )
         )
-        if not record.offline:
-            self._add(record, +1)
+        if not record.offline and record.reported != before:
+            # Only what changed moves between counts: most of a report is as before.
+            self._count(record.class_id, [r for r in before if r not in record.reported], -1)
+            self._count(record.class_id, [r for r in record.reported if r not in before], +1)
         return True
 
     def set_offline(self, registry: Registry, record: ClusterRecord, offline: bool) -> None:

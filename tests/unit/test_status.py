@@ -108,3 +108,36 @@ def test_a_record_keeps_labels_packed_and_gives_back_its_registration() -> None:
     assert record.labels == {"env": "prod", "shop": "0001"}
     assert record.stored == stored
     assert registry.get_by_name("shop-1") is record
+
+
+def test_counts_always_equal_a_recount_of_what_each_cluster_reported_last() -> None:
+    """Reports that change part of a cluster's status, repeat an entry, go offline and back."""
+    registry = registry_with(("x", {"env": "a"}), ("y", {"env": "b"}))
+    book = StatusBook()
+    x, y = registry.clusters["x"], registry.clusters["y"]
+    base = ("base", "d0", State.READY)
+    steps = [
+        (x, report(base, ("web", "d1", State.NOT_READY))),
+        (y, report(base, ("web", "d1", State.READY))),
+        (x, report(base, ("web", "d1", State.READY))),
+        (x, report(base, base, ("web", "d1", State.READY))),  # a status listed twice
+        (y, report(("web", "d2", State.READY))),  # base no longer reported
+        (x, report()),
+        (x, report(base, ("web", "d2", State.MODIFIED), ("web", "d2", State.READY))),
+    ]
+    for seq, (record, sent) in enumerate(steps, start=1):
+        if seq == 5:
+            book.set_offline(registry, y, True)
+        if seq == 6:
+            book.set_offline(registry, y, False)
+        assert book.apply_report(record, sent, seq=seq)
+        recount: dict[str, dict[tuple[str, str, State], int]] = {}
+        for cluster in (x, y):
+            if cluster.offline:
+                continue
+            for bundle, deployment, state in set(cluster.reported):
+                per_bundle = recount.setdefault(bundle, {})
+                key = (cluster.class_id, deployment, state)
+                per_bundle[key] = per_bundle.get(key, 0) + 1
+        counted = {bundle: dict(c) for bundle, c in book.counts.items() if c}
+        assert counted == recount, f"after step {seq}"
