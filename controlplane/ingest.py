@@ -130,7 +130,11 @@ class Ingest:
         stored_at: float | None = None,
     ) -> None:
         try:
-            _, cluster_id = subjects.parse_cluster_subject(subject)
+            # The subscriptions' filters fix all but the last of five tokens, and a
+            # registered cluster's ID is a valid one: anything else is checked whole.
+            cluster_id = subject.rpartition(".")[2]
+            if subject.count(".") != 4 or cluster_id not in self._fleet.registry.clusters:
+                _, cluster_id = subjects.parse_cluster_subject(subject)
             if kind == "status" and cluster_id not in self._fleet.registry.clusters:
                 codec.decode(data, StatusReport)  # garbage is dropped now, not parked
                 self._park(cluster_id, subject, data, stream_seq, stored_at)
