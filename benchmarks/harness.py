@@ -272,6 +272,11 @@ class Bench:
     ) -> None:
         await self.close()
 
+    def nats_cpu_seconds(self) -> float:
+        """CPU seconds the nats-server process has used so far."""
+        pid = self.nats.pid if self.nats is not None else None
+        return proc_cpu_seconds(pid) if pid is not None else 0.0
+
     async def _start(self) -> None:
         self.nats = EmbeddedNats(store_dir=self.tmp / "nats", host=LOCALHOST, port=0)
         self.url = await self.nats.start()

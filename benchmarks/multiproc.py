@@ -212,16 +212,21 @@ async def run(
             result["cp_rss_bytes_per_cluster"] = round(
                 (bench.cp.rss_bytes() - rss_before) / clusters, 1
             )
-            await _rollout(client, bench.cp, workers, result, timeout=timeout)
+            await _rollout(client, bench, workers, result, timeout=timeout)
         finally:
             await stop_workers(workers)
         await raw_reference(bench.url, result, timeout=timeout)
     return result
 
 
+def fleet_cpu_seconds(workers: list[asyncio.subprocess.Process]) -> float:
+    """CPU seconds the worker processes have used so far, summed."""
+    return sum(h.proc_cpu_seconds(w.pid) for w in workers if w.returncode is None)
+
+
 async def _rollout(
     client: AdminClient,
-    cp: h.ControlPlaneProcess,
+    bench: h.Bench,
     workers: list[asyncio.subprocess.Process],
     result: dict[str, Any],
     *,
@@ -237,9 +242,11 @@ async def _rollout(
     await desired_tap.start()
     try:
         await stored.mark()
+        assert bench.cp is not None
+        cp = bench.cp
         before = await h.stats(client)
-        cpu_before = cp.cpu_seconds()
         blobs_before = await blobs_downloaded(workers)
+        cpu_before = cp.cpu_seconds(), bench.nats_cpu_seconds(), fleet_cpu_seconds(workers)
         h.say(f"rollout: applying {ROLLOUT_BUNDLE} to {clusters} clusters")
         started, started_wall = time.monotonic(), time.time()
         await h.apply_bundle(client, ROLLOUT_BUNDLE, "1")
@@ -247,7 +254,9 @@ async def _rollout(
             client, ROLLOUT_BUNDLE, clusters, timeout=timeout, label=ROLLOUT_BUNDLE
         )
         result["seconds_to_all_ready"] = round(time.monotonic() - started, 3)
-        result["cp_cpu_seconds"] = round(cp.cpu_seconds() - cpu_before, 3)
+        result["cp_cpu_seconds"] = round(cp.cpu_seconds() - cpu_before[0], 3)
+        result["nats_cpu_seconds"] = round(bench.nats_cpu_seconds() - cpu_before[1], 3)
+        result["fleet_cpu_seconds"] = round(fleet_cpu_seconds(workers) - cpu_before[2], 3)
         after = await h.stats(client)
         members = await members_per_class(workers)
         blobs_after = await blobs_downloaded(workers)

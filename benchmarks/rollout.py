@@ -155,7 +155,7 @@ async def run(*, clusters: int, classes: int, timeout: float) -> dict[str, Any]:
             result["cp_rss_bytes_after"] = rss_after
             result["cp_rss_bytes_per_cluster"] = round((rss_after - rss_before) / clusters, 1)
             result["cp_classes"] = (await h.stats(client))["classes"]
-            await _rollout(client, bench.cp, fleet, blobs, result, timeout=timeout)
+            await _rollout(client, bench, fleet, blobs, result, timeout=timeout)
             await _ablation(client, fleet, result, timeout=timeout)
         finally:
             await fleet.stop()
@@ -165,7 +165,7 @@ async def run(*, clusters: int, classes: int, timeout: float) -> dict[str, Any]:
 
 async def _rollout(
     client: AdminClient,
-    cp: h.ControlPlaneProcess,
+    bench: h.Bench,
     fleet: SimulatedFleet,
     blobs: CountingBlobCache,
     result: dict[str, Any],
@@ -182,8 +182,11 @@ async def _rollout(
     try:
         await client.upload_blob(manifest, blob)
         await stored.mark()
+        assert bench.cp is not None
+        cp = bench.cp
         before = await h.stats(client)
         cpu_before, own_before = cp.cpu_seconds(), h.proc_cpu_seconds(os.getpid())
+        nats_before = bench.nats_cpu_seconds()
         blob_puts, blob_bytes = blobs.puts, blobs.bytes
         h.say(f"rollout: applying {ROLLOUT_BUNDLE} to {clusters} clusters")
         started, started_wall = time.monotonic(), time.time()
@@ -195,6 +198,7 @@ async def _rollout(
         seconds = time.monotonic() - started
         result["cp_cpu_seconds"] = round(cp.cpu_seconds() - cpu_before, 3)
         result["harness_cpu_seconds"] = round(h.proc_cpu_seconds(os.getpid()) - own_before, 3)
+        result["nats_cpu_seconds"] = round(bench.nats_cpu_seconds() - nats_before, 3)
         after = await h.stats(client)
     finally:
         await desired_tap.stop()

@@ -40,6 +40,7 @@ REQUIRED = (
     "ablation_per_cluster_seconds",
     "ablation_publishes",
     "cp_cpu_seconds",
+    "nats_cpu_seconds",
     "blob_bytes",
     "machine",
 )
@@ -57,6 +58,7 @@ PROCESSES_REQUIRED = (
     "status_message_bytes",
     "blob_downloads",
     "ratio_to_raw",
+    "fleet_cpu_seconds",
 )
 RECONNECT_CLUSTERS = 40
 RECONNECT_REQUIRED = (
@@ -145,6 +147,8 @@ def test_rollout_over_worker_processes(tmp_path: Path) -> None:
     assert result["blob_bytes"] > 0
     assert result["raw_nats_seconds"] > 0
     assert result["ratio_to_raw"] > 0
+    # Where the rollout's CPU went: the workers' agents, nats-server, the control plane.
+    assert result["fleet_cpu_seconds"] > 0 and result["nats_cpu_seconds"] > 0
 
 
 def test_reconnect_scenario_reconverges_after_the_link_returns(tmp_path: Path) -> None:
