@@ -65,12 +65,15 @@ MAX_CONNECTIONS = 8
 RSS_SETTLE_SECONDS = 1.0
 # Agent timings for the benchmark: the simulated apply is ready almost at once
 # and reported within a quarter second, so the figures measure shoal, not sleeps.
+# Each agent's recheck of its desired state comes 1-2 s after it registered, so
+# the registration's reads are over before the timed rollout starts.
 FLEET_SETTINGS = AgentSettings(
     status_interval=0.25,
     heartbeat_interval=5.0,
     sim_readiness_delay=0.05,
     observe_interval_not_ready=0.1,
     resync_interval=3600.0,
+    snapshot_recheck=1.0,
 )
 
 

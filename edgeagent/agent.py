@@ -229,6 +229,7 @@ class Agent:
     async def _session(self) -> None:
         delay = _SYNC_RETRY_INITIAL
         failures = 0
+        recheck = True  # the next read follows a new subscription: read again soon after
         while True:
             await self.bus.wait_connected(None)
             seen = self.bus.reconnects()
@@ -255,7 +256,9 @@ class Agent:
             failures = 0
             delay = _SYNC_RETRY_INITIAL
             self.reporter.force_full()
-            await self._wait_for_resync(seen)
+            # After a recheck, or a periodic resync, the next read is the periodic
+            # one; after a reconnect or a class move, a recheck again.
+            recheck = not await self._wait_for_resync(seen, recheck=recheck)
 
     def _cluster_name(self) -> str:
         """The name the control plane registered (and targets by), not the flag's."""
@@ -271,18 +274,35 @@ class Agent:
             name=identity.name, labels=self.labels, annotations=self.annotations
         )
 
-    async def _wait_for_resync(self, seen: int) -> None:
+    async def _wait_for_resync(self, seen: int, *, recheck: bool) -> bool:
+        """Wait for a reconnect, a class move or the time to read again; True if the time.
+
+        The live subscription and the snapshot overlap, but a message the server
+        routed just before a new subscription reached it, and stored just after the
+        snapshot was read, is in neither: so a read after a new subscription is
+        followed by a recheck ``snapshot_recheck`` (to twice that) seconds later.
+        """
         s = self.settings
-        timeout = s.resync_interval * (1 + random.uniform(0, s.resync_jitter))
+        if recheck:
+            timeout = s.snapshot_recheck * (1 + random.random())
+        else:
+            timeout = s.resync_interval * (1 + random.uniform(0, s.resync_jitter))
         reconnect = asyncio.ensure_future(self.bus.wait_reconnect(seen, timeout))
         resync = asyncio.ensure_future(self._resync.wait())
         try:
             await asyncio.wait({reconnect, resync}, return_when=asyncio.FIRST_COMPLETED)
+            timed_out = (
+                not resync.done()
+                and reconnect.done()
+                and reconnect.exception() is None
+                and reconnect.result() == seen
+            )
         finally:
             for waiter in (reconnect, resync):
                 waiter.cancel()
             await asyncio.gather(reconnect, resync, return_exceptions=True)
         self._resync.clear()
+        return timed_out
 
     async def sync(self) -> None:
         """Subscribe and read the full desired state; the reconciler learns the result."""

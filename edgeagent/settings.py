@@ -50,6 +50,14 @@ class AgentSettings(EnvSettings):
         description="Fraction of resync_interval added at random so a fleet does not "
         "re-read in lockstep.",
     )
+    snapshot_recheck: float = Field(
+        default=5.0,
+        description="Seconds after a read of the full desired state that follows a new "
+        "subscription (start, reconnect, class move) before it is read once more, "
+        "doubled at random up to twice that: a message that reached the server just "
+        "before the subscription, and the stream just after the first read, is found "
+        "then rather than at the next resync.",
+    )
     reconnect_check_interval: float = Field(
         default=1.0,
         description="Seconds between checks of a shared connection's reconnect counter "

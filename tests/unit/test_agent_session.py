@@ -343,3 +343,33 @@ async def test_a_message_delivered_while_the_class_subscription_is_made_is_kept(
     async with make_agent(bus, MemoryStore()) as agent:
         await until(lambda: agent.syncs == 1)
         assert set(agent.desired.effective()) == {"app"}
+
+
+async def test_a_message_stored_after_the_first_read_and_not_delivered_is_found_by_a_recheck() -> (
+    None
+):
+    """Routed just before the subscription reached the server, stored just after the read."""
+    bus = MemoryBus()
+    cp = ControlPlane(bus)
+    settings = FAST.model_copy(update={"snapshot_recheck": 0.05, "resync_interval": 3600.0})
+    agent = Agent(
+        bus=bus,
+        backend=SimulatedCluster(readiness_delay=0.0),
+        store=MemoryStore(),
+        blob_cache=MemoryBlobCache(),
+        settings=settings,
+        name="edge-1",
+        labels=LABELS,
+        token="good",
+    )
+    async with agent:
+        await until(lambda: agent.syncs == 1)
+        await cp.desired(class_subject("app"), "app")  # stored and delivered
+        bus.go_down()  # the next one reaches the stream only
+        await cp.desired(class_subject("late"), "late")
+        bus.up = True  # back without a reconnect: nothing tells the agent
+        await until(lambda: bundles(agent) == {"app": State.READY, "late": State.READY})
+        assert agent.syncs == 2
+        # One recheck per new subscription: the periodic resync is an hour away now.
+        await asyncio.sleep(0.3)
+        assert agent.syncs == 2
