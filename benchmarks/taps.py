@@ -261,7 +261,10 @@ class StoredReports:
         ``seconds_to_all_reported`` (since ``started_wall``, a ``time.time()``) once
         ``want`` clusters' kept reports say the deployment is Ready."""
         count = await self._last_seq() - self.first_seq + 1
-        kept = await self._read_back()
+        try:
+            kept = await self._read_back()
+        except TimeoutError:  # the run's other figures are still worth writing
+            return {"status_messages": count, "status_read_back": "timed out"}
         size = sum(len(data) for _, data, _ in kept) // len(kept) if kept else 0
         out: dict[str, Any] = {
             "status_messages": count,
