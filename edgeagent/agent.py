@@ -230,6 +230,7 @@ class Agent:
         delay = _SYNC_RETRY_INITIAL
         failures = 0
         recheck = True  # the next read follows a new subscription: read again soon after
+        rechecking = False  # this read is such a recheck
         while True:
             await self.bus.wait_connected(None)
             seen = self.bus.reconnects()
@@ -255,10 +256,13 @@ class Agent:
                 log.info("agent.sync_recovered", name=self.name, after=failures)
             failures = 0
             delay = _SYNC_RETRY_INITIAL
-            self.reporter.force_full()
+            if not rechecking:  # a recheck follows a read that already reported in full
+                self.reporter.force_full()
             # After a recheck, or a periodic resync, the next read is the periodic
             # one; after a reconnect or a class move, a recheck again.
-            recheck = not await self._wait_for_resync(seen, recheck=recheck)
+            timed_out = await self._wait_for_resync(seen, recheck=recheck)
+            rechecking = recheck and timed_out
+            recheck = not timed_out
 
     def _cluster_name(self) -> str:
         """The name the control plane registered (and targets by), not the flag's."""

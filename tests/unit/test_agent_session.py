@@ -373,3 +373,28 @@ async def test_a_message_stored_after_the_first_read_and_not_delivered_is_found_
         # One recheck per new subscription: the periodic resync is an hour away now.
         await asyncio.sleep(0.3)
         assert agent.syncs == 2
+
+
+async def test_a_recheck_that_finds_nothing_new_sends_no_report() -> None:
+    bus = MemoryBus()
+    cp = ControlPlane(bus)
+    await cp.desired(class_subject("app"), "app")
+    settings = FAST.model_copy(update={"snapshot_recheck": 0.3, "resync_interval": 3600.0})
+    agent = Agent(
+        bus=bus,
+        backend=SimulatedCluster(readiness_delay=0.0),
+        store=MemoryStore(),
+        blob_cache=MemoryBlobCache(),
+        settings=settings,
+        name="edge-1",
+        labels=LABELS,
+        token="good",
+    )
+    async with agent:
+        await until(
+            lambda: any(r.bundles and r.bundles[0].state == State.READY for r in cp.reports())
+        )
+        sent = len(cp.reports())
+        await until(lambda: agent.syncs == 2)
+        await asyncio.sleep(0.1)
+        assert len(cp.reports()) == sent  # a reconnect's read reports in full; a recheck does not
