@@ -246,7 +246,8 @@ async def _rollout(
         cp = bench.cp
         before = await h.stats(client)
         blobs_before = await blobs_downloaded(workers)
-        cpu_before = cp.cpu_seconds(), bench.nats_cpu_seconds(), fleet_cpu_seconds(workers)
+        cp_before, nats_before = cp.cpu_seconds(), bench.nats_cpu_seconds()
+        fleet_before = fleet_cpu_seconds(workers)
         h.say(f"rollout: applying {ROLLOUT_BUNDLE} to {clusters} clusters")
         started, started_wall = time.monotonic(), time.time()
         await h.apply_bundle(client, ROLLOUT_BUNDLE, "1")
@@ -254,9 +255,9 @@ async def _rollout(
             client, ROLLOUT_BUNDLE, clusters, timeout=timeout, label=ROLLOUT_BUNDLE
         )
         result["seconds_to_all_ready"] = round(time.monotonic() - started, 3)
-        result["cp_cpu_seconds"] = round(cp.cpu_seconds() - cpu_before[0], 3)
-        result["nats_cpu_seconds"] = round(bench.nats_cpu_seconds() - cpu_before[1], 3)
-        result["fleet_cpu_seconds"] = round(fleet_cpu_seconds(workers) - cpu_before[2], 3)
+        result["cp_cpu_seconds"] = round(cp.cpu_seconds() - cp_before, 3)
+        result["nats_cpu_seconds"] = round(bench.nats_cpu_seconds() - nats_before, 3)
+        result["fleet_cpu_seconds"] = round(fleet_cpu_seconds(workers) - fleet_before, 3)
         after = await h.stats(client)
         members = await members_per_class(workers)
         blobs_after = await blobs_downloaded(workers)

@@ -157,6 +157,18 @@ def _report_bundles(data: bytes) -> list[Any] | None:
     return bundles if isinstance(bundles, list) else None
 
 
+def _ready_in(bundles: list[Any], bundle: str, deployment: str) -> bool | None:
+    """Whether a report's statuses say ``bundle`` is Ready at ``deployment``; None if absent."""
+    found: bool | None = None
+    for status in bundles:
+        if isinstance(status, dict) and status.get("bundle") == bundle:
+            found = (
+                status.get("deployment_id") == deployment
+                and status.get("state") == State.READY.value
+            )
+    return found
+
+
 @dataclass
 class StatusTap:
     """Counts status reports; optionally tracks clusters reporting a deployment Ready."""
@@ -193,15 +205,11 @@ class StatusTap:
         if bundles is None:
             return
         cluster = msg.subject.rsplit(".", 1)[-1]
-        for status in bundles:
-            if isinstance(status, dict) and status.get("bundle") == self.watch_bundle:
-                if (
-                    status.get("deployment_id") == self.watch_deployment
-                    and status.get("state") == State.READY.value
-                ):
-                    self.ready.add(cluster)
-                else:
-                    self.ready.discard(cluster)
+        ready = _ready_in(bundles, self.watch_bundle, self.watch_deployment)
+        if ready:
+            self.ready.add(cluster)
+        elif ready is not None:
+            self.ready.discard(cluster)
         if len(self.ready) >= self.want and not self.done.is_set():
             self.done_at = time.monotonic()
             self.done.set()
@@ -274,13 +282,7 @@ class StoredReports:
         ready_at = [
             stored_at
             for _, data, stored_at in kept
-            if any(
-                isinstance(s, dict)
-                and s.get("bundle") == self.bundle
-                and s.get("deployment_id") == self.deployment
-                and s.get("state") == State.READY.value
-                for s in _report_bundles(data) or ()
-            )
+            if _ready_in(_report_bundles(data) or [], self.bundle, self.deployment)
         ]
         if len(ready_at) >= self.want:
             out["seconds_to_all_reported"] = round(max(ready_at) - started_wall, 3)

@@ -315,7 +315,7 @@ class Reconciler:
             record.due = self._now() + self._backoff(record.failures)
         if record.desired is not desired:
             # Changed while this step awaited the backend: the step's own schedule
-            # (a Ready bundle's next look, a minute away) must not delay the change.
+            # (a Ready bundle's next look, observe_interval away) must not delay the change.
             record.due = 0.0
 
     async def _capabilities(self) -> Capabilities:

@@ -113,16 +113,22 @@ async def until(check: Callable[[], bool], timeout: float = 3.0) -> None:
         await asyncio.sleep(0.005)
 
 
-def make_agent(bus: MemoryBus, store: MemoryStore | DiskStore, **kw: object) -> Agent:
+def make_agent(
+    bus: MemoryBus,
+    store: MemoryStore | DiskStore,
+    *,
+    token: str = "good",
+    settings: AgentSettings = FAST,
+) -> Agent:
     return Agent(
         bus=bus,
         backend=SimulatedCluster(readiness_delay=0.0),
         store=store,
         blob_cache=MemoryBlobCache(),
-        settings=FAST,
+        settings=settings,
         name="edge-1",
         labels=LABELS,
-        token=kw.pop("token", "good"),  # type: ignore[arg-type]
+        token=token,
     )
 
 
@@ -352,16 +358,7 @@ async def test_a_message_stored_after_the_first_read_and_not_delivered_is_found_
     bus = MemoryBus()
     cp = ControlPlane(bus)
     settings = FAST.model_copy(update={"snapshot_recheck": 0.05, "resync_interval": 3600.0})
-    agent = Agent(
-        bus=bus,
-        backend=SimulatedCluster(readiness_delay=0.0),
-        store=MemoryStore(),
-        blob_cache=MemoryBlobCache(),
-        settings=settings,
-        name="edge-1",
-        labels=LABELS,
-        token="good",
-    )
+    agent = make_agent(bus, MemoryStore(), settings=settings)
     async with agent:
         await until(lambda: agent.syncs == 1)
         await cp.desired(class_subject("app"), "app")  # stored and delivered
@@ -380,16 +377,7 @@ async def test_a_recheck_that_finds_nothing_new_sends_no_report() -> None:
     cp = ControlPlane(bus)
     await cp.desired(class_subject("app"), "app")
     settings = FAST.model_copy(update={"snapshot_recheck": 0.3, "resync_interval": 3600.0})
-    agent = Agent(
-        bus=bus,
-        backend=SimulatedCluster(readiness_delay=0.0),
-        store=MemoryStore(),
-        blob_cache=MemoryBlobCache(),
-        settings=settings,
-        name="edge-1",
-        labels=LABELS,
-        token="good",
-    )
+    agent = make_agent(bus, MemoryStore(), settings=settings)
     async with agent:
         await until(
             lambda: any(r.bundles and r.bundles[0].state == State.READY for r in cp.reports())
