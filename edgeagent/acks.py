@@ -114,8 +114,12 @@ class Acks:
         if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
             future.set_exception(BusUnavailable("no stream takes this subject"))
             return
+        data = msg.data
+        if data[:1] == b"{" and b'"seq":' in data and b'"error"' not in data:
+            future.set_result(None)  # {"stream": ..., "seq": ...}: no need to parse it
+            return
         try:
-            ack = json.loads(msg.data)
+            ack = json.loads(data)
         except ValueError:
             ack = None
         if isinstance(ack, dict) and "seq" in ack and "error" not in ack:

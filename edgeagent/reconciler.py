@@ -35,6 +35,7 @@ from edgeagent.blobs import BlobProvider
 from edgeagent.errors import ApplyError, BlobError, DeploymentError
 from edgeagent.render import ParseCache, objects_for
 from edgeagent.settings import AgentSettings
+from edgeagent.tasks import Wakeup
 from edgeagent.values import with_values_from
 from protocol.codec import decode_resources
 from protocol.errors import DecodeError
@@ -47,6 +48,8 @@ log = structlog.get_logger(__name__)
 
 NEVER = math.inf
 CAPABILITIES_TTL = 60.0  # seconds: a CRD installed since shows up within a minute
+MAX_SLEEP = 3600.0  # seconds the loop sleeps at most without a look
+MAX_ALARMS = 4  # pending alarms kept (see Reconciler._alarm_by)
 
 
 @dataclass
@@ -101,7 +104,8 @@ class Reconciler:
     # even if this process never applied it (it may be paused or waiting).
     _held: set[str] = field(default_factory=set)
     _caps: tuple[float, Capabilities] | None = None
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _wake: Wakeup = field(default_factory=Wakeup)
+    _alarms: dict[float, asyncio.TimerHandle] = field(default_factory=dict)  # by when
 
     # --- inputs -----------------------------------------------------------------
 
@@ -167,36 +171,59 @@ class Reconciler:
     async def run(self) -> None:
         """Reconcile forever; cancel to stop."""
         loop = asyncio.get_running_loop()
-        while True:
-            if self._prune_pending:
-                self._prune_pending = False
-                await self._prune()
-            await self.step_due(loop.time())
-            self._wake.clear()
-            wait = self._next_due() - loop.time()
-            if wait > 0:
-                # An alarm that sets the event, not a timeout that cancels the
-                # wait: no exception per expiry (a fleet process runs thousands).
-                alarm = loop.call_later(min(wait, 3600.0), self._wake.set)
-                try:
+        try:
+            while True:
+                if self._prune_pending:
+                    self._prune_pending = False
+                    await self._prune()
+                await self.step_due(loop.time())
+                self._wake.clear()
+                due = self._next_due()
+                if due > loop.time():
+                    self._alarm_by(loop, due)
                     await self._wake.wait()
-                finally:
-                    alarm.cancel()
+        finally:
+            for alarm in self._alarms.values():
+                alarm.cancel()
+            self._alarms.clear()
+
+    def _alarm_by(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        """Have an alarm wake the loop by ``due`` (an hour away at most).
+
+        An alarm that an earlier one supersedes is kept, not cancelled: it is
+        usually when the next step is due anyway (a Ready bundle's next look),
+        and if not, it only wakes the loop to find nothing due. A process
+        running thousands of agents is spared a timer made and cancelled per
+        wake-up. A few are kept at most.
+        """
+        due = min(due, loop.time() + MAX_SLEEP)
+        for when in self._alarms:
+            if when <= due:
+                return
+        self._alarms[due] = loop.call_at(due, self._ring, due)
+        if len(self._alarms) > MAX_ALARMS:
+            self._alarms.pop(max(self._alarms)).cancel()
+
+    def _ring(self, when: float) -> None:
+        self._alarms.pop(when, None)
+        self._wake.set()
 
     async def step_due(self, now: float) -> None:
         """Run every step that is due at ``now``."""
-        for name, removal in list(self._removals.items()):
-            if removal.due <= now:
-                await self._remove(name, removal)
+        if self._removals:
+            for name, removal in list(self._removals.items()):
+                if removal.due <= now:
+                    await self._remove(name, removal)
         for name in sorted(self._records):
             record = self._records.get(name)
             if record is not None and record.due <= now:
                 await self._step(record)
 
     def _next_due(self) -> float:
-        dues = [r.due for r in self._records.values()]
-        dues += [r.due for r in self._removals.values()]
-        return min(dues, default=NEVER)
+        due = min((r.due for r in self._records.values()), default=NEVER)
+        if self._removals:
+            due = min(due, *(r.due for r in self._removals.values()))
+        return due
 
     def _deadline(self) -> contextlib.AbstractAsyncContextManager[object]:
         """``apply_timeout`` around a backend call, if the backend waits on I/O at all."""

@@ -36,9 +36,10 @@ from edgeagent.bus import AgentBus
 from edgeagent.errors import BusError
 from edgeagent.settings import AgentSettings
 from edgeagent.store import Identity
+from edgeagent.tasks import Wakeup
 from protocol import subjects
-from protocol.codec import encode, encode_heartbeat
-from protocol.messages import BundleStatus, StatusReport
+from protocol.codec import encode_heartbeat, encode_status
+from protocol.messages import BundleStatus
 
 log = structlog.get_logger(__name__)
 
@@ -78,7 +79,7 @@ class Reporter:
         # run_status sleeps on _due; an alarm set by notify() wakes it when a report
         # may go: a moment after the first change, never sooner than the interval
         # (or backoff) after the attempt before. One wake-up per report.
-        self._due = asyncio.Event()
+        self._due = Wakeup()
         self._alarm: asyncio.TimerHandle | None = None
         self._reporting = False  # between the alarm and the end of that attempt
         self._not_before = -math.inf
@@ -127,10 +128,10 @@ class Reporter:
             return False
         version = self._source.version
         seq = self.status_seq + 1
-        report = StatusReport(seq=seq, sent_at=self._clock(), bundles=self._source.statuses())
+        report = encode_status(seq, self._clock(), self._source.statuses())
         subject = self._subjects(self.identity)[0]
         try:
-            await self._bus.publish_durable(subject, encode(report))
+            await self._bus.publish_durable(subject, report)
         except BusError as exc:
             self.failures += 1
             emit = log.warning if self.failures == 1 else log.debug

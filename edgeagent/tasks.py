@@ -67,3 +67,44 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+class Wakeup:
+    """A flag one task sleeps on: :meth:`set` wakes it, or its next :meth:`wait` returns at once.
+
+    What ``asyncio.Event`` does for a single waiter, without the list of
+    waiters and the loop check on every wait: a process running thousands of
+    agents wakes their reconcilers and reporters a few times per rollout each.
+    A second task waiting at the same time is a bug, and an error.
+    """
+
+    __slots__ = ("_flag", "_waiter")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        if self._flag:
+            return
+        self._flag = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    async def wait(self) -> None:
+        if self._flag:
+            return
+        if self._waiter is not None:
+            raise RuntimeError("Wakeup.wait: another task is already waiting")
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None

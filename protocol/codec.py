@@ -8,6 +8,7 @@ drop garbage without crashing; the fuzz tests hold it to that.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import msgpack
@@ -48,6 +49,45 @@ def encode_heartbeat(seq: int, status_seq: int = 0) -> bytes:
     if status_seq:
         payload["status_seq"] = status_seq
     return msgpack.packb([VERSION, messages.Heartbeat.KIND, payload], use_bin_type=True)
+
+
+def _condition_payload(condition: messages.ResourceCondition) -> dict[str, str]:
+    payload = {"kind": condition.kind, "name": condition.name}
+    if condition.namespace:
+        payload["namespace"] = condition.namespace
+    if condition.api_version:
+        payload["api_version"] = condition.api_version
+    if condition.reason:
+        payload["reason"] = condition.reason
+    return payload
+
+
+def _bundle_status_payload(status: messages.BundleStatus) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "bundle": status.bundle,
+        "deployment_id": status.deployment_id,
+        "state": status.state.value,
+    }
+    if status.message:
+        payload["message"] = status.message
+    if status.non_ready:
+        payload["non_ready"] = [_condition_payload(c) for c in status.non_ready]
+    if status.modified:
+        payload["modified"] = [_condition_payload(c) for c in status.modified]
+    return payload
+
+
+def encode_status(seq: int, sent_at: float, bundles: Sequence[messages.BundleStatus]) -> bytes:
+    """``encode(StatusReport(seq=..., sent_at=..., bundles=...))``, byte for byte.
+
+    Every cluster sends one per change: building the report model only to dump
+    it again was a tenth of a simulated agent's rollout. A test holds it to the
+    models, field by field.
+    """
+    payload: dict[str, Any] = {"seq": seq, "sent_at": float(sent_at)}
+    if bundles:
+        payload["bundles"] = [_bundle_status_payload(b) for b in bundles]
+    return msgpack.packb([VERSION, messages.StatusReport.KIND, payload], use_bin_type=True)
 
 
 def encode(message: WireMessage) -> bytes:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from edgeagent.backend import Capabilities, Deployment
+from edgeagent.backend import Capabilities, Deployment, Observation
 from edgeagent.blobs import Blobs
 from edgeagent.membus import MemoryBus
 from edgeagent.reconciler import Reconciler
@@ -458,3 +458,40 @@ async def test_a_change_that_arrives_during_an_apply_is_applied_next_and_not_rep
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_look_due_before_an_earlier_wake_up_still_happens_on_time() -> None:
+    # A Ready bundle's next look is due in 0.3 s; a second bundle arriving meanwhile
+    # needs the loop sooner (its apply, its readiness checks). The first bundle's
+    # look must still come at its time, without the loop spinning in between.
+    w = World()
+    settings = FAST.model_copy(update={"observe_interval": 0.3})
+    w.reconciler = Reconciler(backend=w.cluster, blobs=w.blobs, settings=settings)
+    looks: list[tuple[str, float]] = []
+    observe = w.cluster.observe
+    loop = asyncio.get_running_loop()
+
+    async def counted(deployment: Deployment) -> Observation:
+        looks.append((deployment.bundle, loop.time()))
+        return await observe(deployment)
+
+    w.cluster.observe = counted  # type: ignore[method-assign]
+    task = asyncio.create_task(w.reconciler.run())
+    try:
+        w.bundle("first", {"cm.yaml": configmap("a")})
+        await w.state("first", State.READY)
+        ready_at = loop.time()
+        w.bundle("second", {"cm.yaml": configmap("b")})
+        await w.state("second", State.READY)
+        await asyncio.sleep(0.5)
+        later = [at for bundle, at in looks if bundle == "first" and at > ready_at]
+        assert later, looks
+        assert later[0] - ready_at < 0.3 + 0.1
+        # Ready bundles looked at every 0.3 s over 0.5 s: a handful of looks, not a spin.
+        assert len(looks) < 20, looks
+        assert len(w.reconciler._alarms) <= 4
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert not w.reconciler._alarms  # a stopped reconciler leaves no timer behind
