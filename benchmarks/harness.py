@@ -158,9 +158,19 @@ async def ready_count(client: AdminClient, bundle: str) -> int:
 
 
 async def wait_ready(
-    client: AdminClient, bundle: str, want: int, *, timeout: float, label: str
+    client: AdminClient,
+    bundle: str,
+    want: int,
+    *,
+    timeout: float,
+    label: str,
+    by_second: list[int] | None = None,
 ) -> tuple[int, float]:
-    """Poll the control plane until ``want`` clusters are Ready: (ready, seconds)."""
+    """Poll the control plane until ``want`` clusters are Ready: (ready, seconds).
+
+    ``by_second``, if given, gets the count the control plane answered last in
+    each whole second of the wait (its view, to set beside the bus's).
+    """
     started = time.monotonic()
     deadline = started + timeout
     ready = 0
@@ -168,6 +178,10 @@ async def wait_ready(
     while True:
         ready = await ready_count(client, bundle)
         now = time.monotonic()
+        if by_second is not None:
+            second = int(now - started)
+            by_second.extend([by_second[-1] if by_second else 0] * (second + 1 - len(by_second)))
+            by_second[second] = ready
         if ready >= want or now >= deadline:
             break
         if now - last_said >= 1.0:

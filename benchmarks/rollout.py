@@ -200,9 +200,16 @@ async def _rollout(
         started, started_wall = time.monotonic(), time.time()
         applied = await h.apply_bundle(client, ROLLOUT_BUNDLE, "1")
         result["apply_seconds"] = round(time.monotonic() - started, 3)
+        ready_by_second: list[int] = []
         ready, _ = await h.wait_ready(
-            client, ROLLOUT_BUNDLE, clusters, timeout=timeout, label=ROLLOUT_BUNDLE
+            client,
+            ROLLOUT_BUNDLE,
+            clusters,
+            timeout=timeout,
+            label=ROLLOUT_BUNDLE,
+            by_second=ready_by_second,
         )
+        result["ready_by_second"] = ready_by_second
         seconds = time.monotonic() - started
         result["cp_cpu_seconds"] = round(cp.cpu_seconds() - cpu_before, 3)
         result["harness_cpu_seconds"] = round(h.proc_cpu_seconds(os.getpid()) - own_before, 3)

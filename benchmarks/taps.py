@@ -22,6 +22,7 @@ ablation is timed (the bus view: the very reports the control plane ingests).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections import Counter
@@ -286,6 +287,13 @@ class StoredReports:
         ]
         if len(ready_at) >= self.want:
             out["seconds_to_all_reported"] = round(max(ready_at) - started_wall, 3)
+        if ready_at:
+            # How the Ready reports reached the bus: how many by the end of each second.
+            seconds = [max(0, int(at - started_wall)) for at in ready_at]
+            per_second = [0] * (max(seconds) + 1)
+            for second in seconds:
+                per_second[second] += 1
+            out["reported_by_second"] = list(itertools.accumulate(per_second))
         return out
 
     async def _read_back(self) -> list[tuple[str, bytes, float]]:

@@ -143,6 +143,9 @@ def test_rollout_over_worker_processes(tmp_path: Path) -> None:
     assert result["status_messages"] >= PROCESSES_CLUSTERS
     assert result["status_message_bytes"] > 0
     assert result["seconds_to_all_reported"] > 0
+    # Both views of the rollout over time end with every cluster Ready.
+    assert result["reported_by_second"][-1] == PROCESSES_CLUSTERS
+    assert result["ready_by_second"][-1] == PROCESSES_CLUSTERS
     assert result["blob_downloads"] >= 1
     assert result["blob_bytes"] > 0
     assert result["raw_nats_seconds"] > 0
