@@ -33,7 +33,6 @@ log = structlog.get_logger(__name__)
 
 Handler = Callable[[str, bytes], Awaitable[None]]
 NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, TimeoutError, OSError)
-HANDLERS_PER_TURN = 100  # handlers a message is handed to between turns of the event loop
 
 
 class _Subject:
@@ -45,16 +44,11 @@ class _Subject:
 
     async def deliver(self, msg: Msg) -> None:
         data = bytes(msg.data)
-        for count, handler in enumerate(list(self.handlers.values()), 1):
+        for handler in list(self.handlers.values()):
             try:
                 await handler(msg.subject, data)
             except Exception:
                 log.exception("bus.handler_failed", subject=msg.subject)
-            if count % HANDLERS_PER_TURN == 0:
-                # Let the agents handed the message so far act on it (and report)
-                # before the next ones get it, as a leaf node's subscribers would:
-                # a class of 50,000 must not all apply before the first reports.
-                await asyncio.sleep(0)
 
 
 class FanoutSubscription:
