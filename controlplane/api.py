@@ -187,13 +187,17 @@ class Api:
 
     async def bundle_list(self, data: bytes, subject: str) -> WireMessage:
         codec.decode(data, admin.BundleList)
-        parts = await self.gather(with_clusters=False)
-        return admin.BundleListReply(bundles=tuple(self._fleet.bundle_summaries(parts)))
+        parts, missing = await self.gather(with_clusters=False)
+        return admin.BundleListReply(
+            bundles=tuple(self._fleet.bundle_summaries(parts)), missing_shards=missing
+        )
 
     async def cluster_list(self, data: bytes, subject: str) -> WireMessage:
         codec.decode(data, admin.ClusterList)
-        parts = await self.gather(with_clusters=True)
-        return admin.ClusterListReply(clusters=tuple(self._fleet.cluster_summaries(parts)))
+        parts, missing = await self.gather(with_clusters=True)
+        return admin.ClusterListReply(
+            clusters=tuple(self._fleet.cluster_summaries(parts)), missing_shards=missing
+        )
 
     # -- the fleet's status, gathered from the replicas that own its shards --
 
@@ -211,12 +215,22 @@ class Api:
         )
         await self._nc.publish(msg.reply, codec.encode(part))
 
-    async def gather(self, *, with_clusters: bool) -> list[admin.ShardSummary]:
-        """Every replica's part, until all shards are covered or GATHER_TIMEOUT passes."""
+    async def gather(self, *, with_clusters: bool) -> tuple[list[admin.ShardSummary], int]:
+        """Every replica's part, until all shards are covered or GATHER_TIMEOUT passes.
+
+        Returns the parts and how many shards none of them covered.
+
+        This replica's own part is taken here, not over the bus: under load its
+        way back through the bus waits behind the reports this replica has yet to
+        ingest, and a lone replica would then answer with nothing at all.
+        """
+        own = self._fleet.shard_summary(self._replica, self._owned(), with_clusters=with_clusters)
+        parts = [own]
+        covered = set(own.shards)
+        if len(covered) >= self._shards:
+            return parts, 0
         inbox = self._nc.new_inbox()
         sub = await self._nc.subscribe(inbox)
-        parts: list[admin.ShardSummary] = []
-        covered: set[int] = set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + GATHER_TIMEOUT
         try:
@@ -237,13 +251,15 @@ class Api:
                 except DecodeError:
                     self.counters["requests_malformed"] += 1
                     continue
+                if part.replica == self._replica:
+                    continue  # this replica's own answer: its part is in already
                 fresh = set(part.shards) - covered
                 if fresh or not part.shards:
                     parts.append(part)
                 covered |= fresh
         finally:
             await sub.unsubscribe()
-        return parts
+        return parts, max(0, self._shards - len(covered))
 
     async def group_set(self, data: bytes, subject: str) -> WireMessage:
         await self._fleet.set_group(codec.decode(data, admin.GroupSet).group)
@@ -286,7 +302,7 @@ class Api:
     async def gitrepo_list(self, data: bytes, subject: str) -> WireMessage:
         request = codec.decode(data, admin.GitRepoList)
         self.gitrepos.infos(request.name, {})  # an unknown name fails before gathering
-        parts = await self.gather(with_clusters=False)
+        parts, _ = await self.gather(with_clusters=False)
         summaries = {b.name: b for b in self._fleet.bundle_summaries(parts)}
         return self.gitrepos.infos(request.name, summaries)
 

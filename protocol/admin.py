@@ -78,6 +78,8 @@ class BundleSummary(WireMessage):
 class BundleListReply(WireMessage):
     KIND: ClassVar[str] = "bundle_list_reply"
     bundles: tuple[BundleSummary, ...] = ()
+    # Shards no replica answered for in time: their clusters are not counted.
+    missing_shards: int = 0
 
 
 class ClusterList(WireMessage):
@@ -99,6 +101,7 @@ class ClusterSummary(WireMessage):
 class ClusterListReply(WireMessage):
     KIND: ClassVar[str] = "cluster_list_reply"
     clusters: tuple[ClusterSummary, ...] = ()
+    missing_shards: int = 0  # as in BundleListReply: their clusters are not listed
 
 
 class GroupSet(WireMessage):

@@ -32,6 +32,14 @@ async def token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_partial(missing_shards: int, what: str) -> None:
+    if missing_shards:
+        output.note(
+            f"warning: {missing_shards} shard(s) of the fleet had no control-plane replica "
+            f"answering in time; their clusters are not {what} below"
+        )
+
+
 def _state_text(states: dict[State, int]) -> str:
     order = [*WORST_FIRST, State.OFFLINE]
     parts = [f"{state.value}: {states[state]}" for state in order if states.get(state)]
@@ -41,6 +49,7 @@ def _state_text(states: dict[State, int]) -> str:
 async def status(args: argparse.Namespace) -> int:
     async with AdminClient(args.server) as client:
         reply = await client.admin(admin.BundleList(), admin.BundleListReply)
+    _warn_partial(reply.missing_shards, "counted")
     if args.output != "table":
         rows: list[dict[str, Any]] = [
             {
@@ -93,6 +102,7 @@ async def clusters(args: argparse.Namespace) -> int:
         raise UsageError(f"-l {args.selector!r}: {exc}") from exc
     async with AdminClient(args.server) as client:
         reply = await client.admin(admin.ClusterList(), admin.ClusterListReply)
+    _warn_partial(reply.missing_shards, "listed")
     items = [c for c in reply.clusters if selector is None or selector.matches(c.labels)]
     if args.output != "table":
         rows = [

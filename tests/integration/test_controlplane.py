@@ -446,3 +446,27 @@ async def test_a_registration_into_a_class_being_made_is_answered_once_its_state
 
 async def _true(value: object) -> bool:
     return bool(value)
+
+
+async def test_a_lone_replica_answers_status_reads_from_its_own_counts(
+    control_plane: ControlPlane, nc: Client
+) -> None:
+    # Its own part never goes round the bus: under load, that way back waits
+    # behind every report still to be ingested, and the answer came back empty.
+    token = await h.create_token(nc)
+    assert isinstance(await h.register(nc, token, "prod-1", {"env": "prod"}), RegisterReply)
+    await h.apply_bundle(nc, "web", h.resources("1"), targets=["env=prod"])
+    asked: list[bytes] = []
+
+    async def collect(msg: Msg) -> None:
+        asked.append(msg.data)
+
+    sub = await nc.subscribe(subjects.INTERNAL_SUMMARY, cb=collect)
+    try:
+        assert (await h.bundles(nc))["web"].states == {State.WAIT_APPLIED: 1}
+        assert set(await h.clusters(nc)) == {"prod-1"}
+        await nc.flush()
+        await asyncio.sleep(0.1)
+    finally:
+        await sub.unsubscribe()
+    assert asked == []

@@ -96,6 +96,11 @@ async def test_replicas_split_shards_and_survive_a_kill(
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             killed_at = time.monotonic()
+            # Until B takes them over, A's shards have nobody to answer for them,
+            # and a status read says so rather than passing off a partial count.
+            partial = await h.admin_call(nc, admin.BundleList())
+            assert isinstance(partial, admin.BundleListReply)
+            assert 0 < partial.missing_shards < SHARDS
 
             async def b_owns_all() -> bool:
                 return len(b.leases.owned if b.leases else {}) == SHARDS
@@ -106,6 +111,8 @@ async def test_replicas_split_shards_and_survive_a_kill(
 
             # Nothing lost, nothing counted twice: B recovered A's clusters' status.
             await until(all_ready, timeout=10, what="all 24 Ready after the takeover")
+            whole = await h.admin_call(nc, admin.BundleList())
+            assert isinstance(whole, admin.BundleListReply) and whole.missing_shards == 0
             clusters = await h.clusters(nc)
             assert all(c.bundles == {"web": State.READY} for c in clusters.values())
     finally:
