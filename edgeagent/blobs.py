@@ -10,7 +10,7 @@ a simulated fleet of thousands of agents receives the same rollout at once.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
@@ -32,13 +32,31 @@ class BlobProvider(Protocol):
     async def get(self, manifest_id: str) -> bytes: ...
 
 
+WAITERS_PER_TURN = 500  # waiters on one download woken per turn of the event loop
+
+
 @dataclass
 class _Download:
     """One blob download in progress; its outcome for those who waited on it."""
 
-    done: asyncio.Event
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
     blob: bytes | None = None
     error: BaseException | None = None
+
+    def wake(self, start: int = 0) -> None:
+        """Wake the waiters, :data:`WAITERS_PER_TURN` per turn of the event loop.
+
+        Agents sharing a connection wait on its one download: woken all at once,
+        tens of thousands of them applied in a single turn of the loop, and no
+        timer, report or acknowledgement moved for seconds. A batch per turn
+        lets the first ones observe and report while the later ones apply.
+        """
+        end = start + WAITERS_PER_TURN
+        for waiter in self.waiters[start:end]:
+            if not waiter.done():  # a cancelled waiter leaves the rest alone
+                waiter.set_result(None)
+        if end < len(self.waiters):
+            asyncio.get_running_loop().call_soon(self.wake, end)
 
 
 class Blobs:
@@ -59,14 +77,16 @@ class Blobs:
             log.warning("blob.cache_corrupt", manifest_id=manifest_id)
         pending = self._inflight.get(manifest_id)
         if pending is not None:
-            # One event for all waiters (a fleet's agents can be thousands), not a
-            # shielded future each; cancelling a waiter leaves the download alone.
-            await pending.done.wait()
+            # A future of its own, not the download's: cancelling a waiter
+            # leaves the download and the other waiters alone.
+            waiter = asyncio.get_running_loop().create_future()
+            pending.waiters.append(waiter)
+            await waiter
             if pending.blob is None:
                 assert pending.error is not None
                 raise pending.error
             return pending.blob
-        download = self._inflight[manifest_id] = _Download(asyncio.Event())
+        download = self._inflight[manifest_id] = _Download()
         try:
             download.blob = await self._download(manifest_id)
             return download.blob
@@ -79,7 +99,7 @@ class Blobs:
                 download.error = BlobError(
                     f"download of resources {manifest_id} was cancelled", manifest_id=manifest_id
                 )
-            download.done.set()
+            download.wake()
 
     async def _download(self, manifest_id: str) -> bytes:
         try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
-from edgeagent.blobs import Blobs
+from edgeagent.blobs import WAITERS_PER_TURN, Blobs
 from edgeagent.errors import BlobError
 from edgeagent.store import MemoryBlobCache
 from protocol.ids import manifest_id_of_blob
@@ -93,3 +94,44 @@ async def test_a_blob_that_does_not_match_its_manifest_is_refused_and_not_cached
     with pytest.raises(BlobError, match="refusing"):
         await Blobs(cache, source, timeout=5).get(MANIFEST)
     assert cache.get(MANIFEST) is None
+
+
+async def test_waiters_on_one_download_are_woken_a_batch_per_turn() -> None:
+    # Thousands of agents wait on their connection's download: other work (their
+    # timers, reports, acknowledgements) must run between the batches woken.
+    source = SlowSource()
+    blobs = Blobs(MemoryBlobCache(), source, timeout=5)
+    total = 3 * WAITERS_PER_TURN + 1
+    got: list[bytes] = []
+
+    async def agent() -> None:
+        got.append(await blobs.get(MANIFEST))
+
+    agents = [asyncio.create_task(agent()) for _ in range(total)]
+    await asyncio.sleep(0)
+    seen_between: list[int] = []
+
+    async def other_work() -> None:
+        while len(got) < total:
+            seen_between.append(len(got))
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(other_work())
+    source.release.set()
+    await asyncio.gather(*agents, ticker)
+    assert got == [BLOB] * total
+    seen_between.append(len(got))
+    woken_per_turn = [b - a for a, b in itertools.pairwise(seen_between)]
+    assert max(woken_per_turn) <= WAITERS_PER_TURN + 1, woken_per_turn
+
+
+async def test_a_cancelled_waiter_leaves_the_others_their_blob() -> None:
+    source = SlowSource()
+    blobs = Blobs(MemoryBlobCache(), source, timeout=5)
+    waiters = [asyncio.create_task(blobs.get(MANIFEST)) for _ in range(3)]
+    await asyncio.sleep(0)
+    waiters[1].cancel()
+    source.release.set()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert results[0] == BLOB and results[2] == BLOB
+    assert isinstance(results[1], asyncio.CancelledError)
