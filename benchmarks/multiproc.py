@@ -43,6 +43,7 @@ from benchmarks.rollout import (
     RSS_SETTLE_SECONDS,
     counted,
     raw_reference,
+    registration_timed_out,
     said,
 )
 from benchmarks.taps import DesiredTap, StoredReports
@@ -192,8 +193,12 @@ async def run(
                 processes=processes,
                 driven_heartbeats=driven,
             )
-            async with asyncio.timeout(timeout):
-                failed = await registered(workers)
+            try:
+                async with asyncio.timeout(timeout):
+                    failed = await registered(workers)
+            except TimeoutError:
+                result["errors"].append(registration_timed_out(clusters, timeout))
+                return result
             result["registration_seconds"] = round(time.monotonic() - started, 3)
             result["registration_failed"] = failed
             ready, seconds = await h.wait_ready(

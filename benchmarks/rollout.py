@@ -138,8 +138,12 @@ async def run(*, clusters: int, classes: int, timeout: float) -> dict[str, Any]:
         cp_cpu, own_cpu = bench.cp.cpu_seconds(), h.proc_cpu_seconds(os.getpid())
         started = time.monotonic()
         try:
-            async with asyncio.timeout(timeout):
-                await fleet.start()
+            try:
+                async with asyncio.timeout(timeout):
+                    await fleet.start()
+            except TimeoutError:
+                result["errors"].append(registration_timed_out(clusters, timeout))
+                return result
             result["registration_seconds"] = round(time.monotonic() - started, 3)
             result["registration_cp_cpu_seconds"] = round(bench.cp.cpu_seconds() - cp_cpu, 2)
             result["registration_harness_cpu_seconds"] = round(
@@ -226,6 +230,14 @@ async def _rollout(
     result["blob_bytes"] = blobs.bytes - blob_bytes
     result.update(await stored.figures(started_wall))
     said(result, ready, clusters, timeout=timeout)
+
+
+def registration_timed_out(clusters: int, timeout: float) -> str:
+    """The error of a fleet that did not register within ``--timeout``."""
+    return (
+        f"registration: the {clusters} clusters did not all register within {timeout:g} s "
+        "(--timeout bounds registration too; at 100,000 it takes several minutes here)"
+    )
 
 
 def counted(result: dict[str, Any], before: dict[str, int], after: dict[str, int]) -> None:

@@ -180,3 +180,23 @@ def test_registry_scenario_registers_and_reports_every_cluster(tmp_path: Path) -
     assert result["registrations_per_second"] > 0
     written = list(tmp_path.glob("registry_200_*.json"))
     assert len(written) == 1
+
+
+def test_a_registration_past_the_timeout_is_an_error_in_the_result(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks", "rollout",
+            "--clusters", "2000", "--classes", str(CLASSES), "--processes", "2",
+            "--json", "--timeout", "0.5", "--results-dir", str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert any("did not all register within 0.5 s" in e for e in result["errors"]), result
+    assert list(tmp_path.glob("rollout_2000_*.json"))
