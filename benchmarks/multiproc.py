@@ -44,6 +44,7 @@ from benchmarks.rollout import (
     counted,
     raw_reference,
     registration_timed_out,
+    rollout_ready,
     said,
 )
 from benchmarks.taps import DesiredTap, StoredReports
@@ -256,16 +257,7 @@ async def _rollout(
         h.say(f"rollout: applying {ROLLOUT_BUNDLE} to {clusters} clusters")
         started, started_wall = time.monotonic(), time.time()
         await h.apply_bundle(client, ROLLOUT_BUNDLE, "1")
-        ready_by_second: list[int] = []
-        ready, _ = await h.wait_ready(
-            client,
-            ROLLOUT_BUNDLE,
-            clusters,
-            timeout=timeout,
-            label=ROLLOUT_BUNDLE,
-            by_second=ready_by_second,
-        )
-        result["ready_by_second"] = ready_by_second
+        ready = await rollout_ready(client, clusters, result, timeout=timeout)
         result["seconds_to_all_ready"] = round(time.monotonic() - started, 3)
         result["cp_cpu_seconds"] = round(cp.cpu_seconds() - cp_before, 3)
         result["nats_cpu_seconds"] = round(bench.nats_cpu_seconds() - nats_before, 3)

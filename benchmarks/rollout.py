@@ -204,16 +204,7 @@ async def _rollout(
         started, started_wall = time.monotonic(), time.time()
         applied = await h.apply_bundle(client, ROLLOUT_BUNDLE, "1")
         result["apply_seconds"] = round(time.monotonic() - started, 3)
-        ready_by_second: list[int] = []
-        ready, _ = await h.wait_ready(
-            client,
-            ROLLOUT_BUNDLE,
-            clusters,
-            timeout=timeout,
-            label=ROLLOUT_BUNDLE,
-            by_second=ready_by_second,
-        )
-        result["ready_by_second"] = ready_by_second
+        ready = await rollout_ready(client, clusters, result, timeout=timeout)
         seconds = time.monotonic() - started
         result["cp_cpu_seconds"] = round(cp.cpu_seconds() - cpu_before, 3)
         result["harness_cpu_seconds"] = round(h.proc_cpu_seconds(os.getpid()) - own_before, 3)
@@ -230,6 +221,21 @@ async def _rollout(
     result["blob_bytes"] = blobs.bytes - blob_bytes
     result.update(await stored.figures(started_wall))
     said(result, ready, clusters, timeout=timeout)
+
+
+async def rollout_ready(
+    client: AdminClient, clusters: int, result: dict[str, Any], *, timeout: float
+) -> int:
+    """Wait for the control plane to show the rollout Ready on ``clusters``; how many it showed.
+
+    What it answered in each second goes into ``result`` as ``ready_by_second``.
+    """
+    by_second: list[int] = []
+    ready, _ = await h.wait_ready(
+        client, ROLLOUT_BUNDLE, clusters, timeout=timeout, label=ROLLOUT_BUNDLE, by_second=by_second
+    )
+    result["ready_by_second"] = by_second
+    return ready
 
 
 def registration_timed_out(clusters: int, timeout: float) -> str:

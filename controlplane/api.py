@@ -218,11 +218,10 @@ class Api:
     async def gather(self, *, with_clusters: bool) -> tuple[list[admin.ShardSummary], int]:
         """Every replica's part, until all shards are covered or GATHER_TIMEOUT passes.
 
-        Returns the parts and how many shards none of them covered.
-
         This replica's own part is taken here, not over the bus: under load its
         way back through the bus waits behind the reports this replica has yet to
         ingest, and a lone replica would then answer with nothing at all.
+        Returns the parts and how many shards none of them covered.
         """
         own = self._fleet.shard_summary(self._replica, self._owned(), with_clusters=with_clusters)
         parts = [own]

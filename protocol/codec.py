@@ -81,8 +81,8 @@ def encode_status(seq: int, sent_at: float, bundles: Sequence[messages.BundleSta
     """``encode(StatusReport(seq=..., sent_at=..., bundles=...))``, byte for byte.
 
     Every cluster sends one per change: building the report model only to dump
-    it again was a tenth of a simulated agent's rollout. A test holds it to the
-    models, field by field.
+    it again was about 5 % of a simulated agent's CPU in a rollout (py-spy on a
+    worker of 20,000 agents). A test holds it to the models, field by field.
     """
     payload: dict[str, Any] = {"seq": seq, "sent_at": float(sent_at)}
     if bundles:

@@ -72,15 +72,20 @@ RECONNECT_REQUIRED = (
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_bench(
-    scenario: str, tmp_path: Path, *, clusters: int = CLUSTERS, extra: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """Run ``python -m benchmarks SCENARIO ... --json`` as a user does; its last line, parsed."""
-    proc = subprocess.run(
+def bench_process(
+    scenario: str,
+    tmp_path: Path,
+    *,
+    clusters: int = CLUSTERS,
+    extra: tuple[str, ...] = (),
+    timeout: str = "30",
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m benchmarks SCENARIO ... --json`` as a user does."""
+    return subprocess.run(
         [
             sys.executable, "-m", "benchmarks", scenario,
             "--clusters", str(clusters), "--classes", str(CLASSES), *extra,
-            "--json", "--timeout", "30", "--results-dir", str(tmp_path),
+            "--json", "--timeout", timeout, "--results-dir", str(tmp_path),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -88,6 +93,13 @@ def run_bench(
         timeout=RUN_TIMEOUT,
         check=False,
     )  # fmt: skip
+
+
+def run_bench(
+    scenario: str, tmp_path: Path, *, clusters: int = CLUSTERS, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The last line of a run that succeeded, parsed."""
+    proc = bench_process(scenario, tmp_path, clusters=clusters, extra=extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
@@ -183,18 +195,9 @@ def test_registry_scenario_registers_and_reports_every_cluster(tmp_path: Path) -
 
 
 def test_a_registration_past_the_timeout_is_an_error_in_the_result(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "benchmarks", "rollout",
-            "--clusters", "2000", "--classes", str(CLASSES), "--processes", "2",
-            "--json", "--timeout", "0.5", "--results-dir", str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )  # fmt: skip
+    proc = bench_process(
+        "rollout", tmp_path, clusters=2000, extra=("--processes", "2"), timeout="0.5"
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
