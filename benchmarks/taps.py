@@ -274,7 +274,7 @@ class StoredReports:
             kept = await self._read_back()
         except TimeoutError:  # the run's other figures are still worth writing
             return {"status_messages": count, "status_read_back": "timed out"}
-        size = sum(len(data) for _, data, _ in kept) // len(kept) if kept else 0
+        size = sum(len(data) for data, _ in kept) // len(kept) if kept else 0
         out: dict[str, Any] = {
             "status_messages": count,
             "status_message_bytes": size,
@@ -282,7 +282,7 @@ class StoredReports:
         }
         ready_at = [
             stored_at
-            for _, data, stored_at in kept
+            for data, stored_at in kept
             if _ready_in(_report_bundles(data) or [], self.bundle, self.deployment)
         ]
         if len(ready_at) >= self.want:
@@ -296,8 +296,8 @@ class StoredReports:
             out["reported_by_second"] = list(itertools.accumulate(per_second))
         return out
 
-    async def _read_back(self) -> list[tuple[str, bytes, float]]:
-        """(subject, data, stored at) of the kept reports from ``first_seq`` on."""
+    async def _read_back(self) -> list[tuple[bytes, float]]:
+        """(data, stored at) of the kept reports from ``first_seq`` on."""
         queue: asyncio.Queue[Msg] = asyncio.Queue()
 
         async def collect(msg: Msg) -> None:
@@ -305,7 +305,7 @@ class StoredReports:
 
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox, cb=collect)
-        found: list[tuple[str, bytes, float]] = []
+        found: list[tuple[bytes, float]] = []
         seq = self.first_seq
         try:
             while True:
@@ -332,7 +332,7 @@ class StoredReports:
                         break
                     last = int(headers.get("Nats-Sequence", "0") or 0)
                     stored = datetime.fromisoformat(headers.get("Nats-Time-Stamp", "")).timestamp()
-                    found.append((headers.get("Nats-Subject", ""), bytes(msg.data), stored))
+                    found.append((bytes(msg.data), stored))
                 if not more:
                     return found
                 seq = last + 1

@@ -210,6 +210,8 @@ class Api:
             self.counters["requests_malformed"] += 1
             log.warning("api.request.malformed", subject=msg.subject, error=str(exc))
             return
+        if request.replica == self._replica:
+            return  # its own request: gather took this part directly
         part = self._fleet.shard_summary(
             self._replica, self._owned(), with_clusters=request.with_clusters
         )
@@ -233,7 +235,7 @@ class Api:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + GATHER_TIMEOUT
         try:
-            request = admin.ShardSummaryRequest(with_clusters=with_clusters)
+            request = admin.ShardSummaryRequest(with_clusters=with_clusters, replica=self._replica)
             await self._nc.publish(subjects.INTERNAL_SUMMARY, codec.encode(request), reply=inbox)
             while len(covered) < self._shards:
                 remaining = deadline - loop.time()
@@ -250,8 +252,6 @@ class Api:
                 except DecodeError:
                     self.counters["requests_malformed"] += 1
                     continue
-                if part.replica == self._replica:
-                    continue  # this replica's own answer: its part is in already
                 fresh = set(part.shards) - covered
                 if fresh or not part.shards:
                     parts.append(part)

@@ -147,6 +147,7 @@ class ShardSummaryRequest(WireMessage):
 
     KIND: ClassVar[str] = "shard_summary_request"
     with_clusters: bool = False
+    replica: str = ""  # who asks: it has its own part already and does not answer itself
 
 
 class ClusterLive(WireMessage):
