@@ -35,7 +35,7 @@ from edgeagent.blobs import BlobProvider
 from edgeagent.errors import ApplyError, BlobError, DeploymentError
 from edgeagent.render import ParseCache, objects_for
 from edgeagent.settings import AgentSettings
-from edgeagent.tasks import Wakeup
+from edgeagent.tasks import Alarm, AlarmClock, Wakeup
 from edgeagent.values import with_values_from
 from protocol.codec import decode_resources
 from protocol.errors import DecodeError
@@ -105,7 +105,7 @@ class Reconciler:
     _held: set[str] = field(default_factory=set)
     _caps: tuple[float, Capabilities] | None = None
     _wake: Wakeup = field(default_factory=Wakeup)
-    _alarms: dict[float, asyncio.TimerHandle] = field(default_factory=dict)  # by when
+    _alarms: dict[float, Alarm] = field(default_factory=dict)  # by when
 
     # --- inputs -----------------------------------------------------------------
 
@@ -171,6 +171,7 @@ class Reconciler:
     async def run(self) -> None:
         """Reconcile forever; cancel to stop."""
         loop = asyncio.get_running_loop()
+        clock = AlarmClock.of(loop)
         try:
             while True:
                 if self._prune_pending:
@@ -180,14 +181,14 @@ class Reconciler:
                 self._wake.clear()
                 due = self._next_due()
                 if due > loop.time():
-                    self._alarm_by(loop, due)
+                    self._alarm_by(clock, due)
                     await self._wake.wait()
         finally:
             for alarm in self._alarms.values():
                 alarm.cancel()
             self._alarms.clear()
 
-    def _alarm_by(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+    def _alarm_by(self, clock: AlarmClock, due: float) -> None:
         """Have an alarm wake the loop by ``due`` (an hour away at most).
 
         An alarm that an earlier one supersedes is kept, not cancelled: it is
@@ -196,11 +197,11 @@ class Reconciler:
         running thousands of agents is spared a timer made and cancelled per
         wake-up. A few are kept at most.
         """
-        due = min(due, loop.time() + MAX_SLEEP)
+        due = min(due, clock.time() + MAX_SLEEP)
         for when in self._alarms:
             if when <= due:
                 return
-        self._alarms[due] = loop.call_at(due, self._ring, due)
+        self._alarms[due] = clock.at(due, self._ring, due)
         if len(self._alarms) > MAX_ALARMS:
             self._alarms.pop(max(self._alarms)).cancel()
 

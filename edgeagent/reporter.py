@@ -36,7 +36,7 @@ from edgeagent.bus import AgentBus
 from edgeagent.errors import BusError
 from edgeagent.settings import AgentSettings
 from edgeagent.store import Identity
-from edgeagent.tasks import Wakeup
+from edgeagent.tasks import Alarm, AlarmClock, Wakeup
 from protocol import subjects
 from protocol.codec import encode_heartbeat, encode_status
 from protocol.messages import BundleStatus
@@ -80,10 +80,10 @@ class Reporter:
         # may go: a moment after the first change, never sooner than the interval
         # (or backoff) after the attempt before. One wake-up per report.
         self._due = Wakeup()
-        self._alarm: asyncio.TimerHandle | None = None
+        self._alarm: Alarm | None = None
         self._reporting = False  # between the alarm and the end of that attempt
         self._not_before = -math.inf
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timers: AlarmClock | None = None
         self._subjects_of: Identity | None = None
         self._subject_pair = ("", "")
 
@@ -97,11 +97,11 @@ class Reporter:
         self._arm()
 
     def _arm(self) -> None:
-        if self._alarm is not None or self._reporting or self._loop is None:
+        if self._alarm is not None or self._reporting or self._timers is None:
             return  # a report is coming, or run_status will arm when it starts
         settle = min(self._settings.status_settle, self._settings.status_interval)
-        delay = max(settle, self._not_before - self._loop.time())
-        self._alarm = self._loop.call_later(delay, self._ring)
+        now = self._timers.time()
+        self._alarm = self._timers.at(max(now + settle, self._not_before), self._ring)
 
     def _ring(self) -> None:
         self._alarm = None
@@ -181,7 +181,8 @@ class Reporter:
         return ceiling * (0.5 + 0.5 * random.random())
 
     async def run_status(self) -> None:
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        self._timers = AlarmClock.of(loop)
         self._arm()  # the first report goes out as soon as there is an identity
         try:
             while True:
@@ -195,7 +196,7 @@ class Reporter:
         finally:
             if self._alarm is not None:
                 self._alarm.cancel()
-            self._alarm, self._reporting, self._loop = None, False, None
+            self._alarm, self._reporting, self._timers = None, False, None
 
     async def run_heartbeats(self) -> None:
         while True:

@@ -1,16 +1,19 @@
-"""Supervised background tasks: named, logged when they crash, cancelled in order.
+"""Supervised background tasks, and how the agent's tasks sleep and wake.
 
 Every long-lived coroutine of the agent runs through :class:`TaskSet`, so a
 crash is logged with the task's name instead of vanishing with an unretrieved
 exception, and shutdown can cancel and await everything with a timeout.
+:class:`Wakeup` is the flag a reconciler or reporter sleeps on, and
+:class:`AlarmClock` the timers that set it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 
@@ -108,3 +111,84 @@ class Wakeup:
             await waiter
         finally:
             self._waiter = None
+
+
+ALARM_RESOLUTION = 0.005  # seconds: alarms due within one such slot share a loop timer
+
+
+class Alarm:
+    """A callback :class:`AlarmClock` calls once when it is due, unless cancelled."""
+
+    __slots__ = ("args", "callback")
+
+    def __init__(self, callback: Callable[..., object], args: tuple[object, ...]) -> None:
+        self.callback: Callable[..., object] | None = callback
+        self.args = args
+
+    def cancel(self) -> None:
+        self.callback, self.args = None, ()
+
+    def cancelled(self) -> bool:
+        return self.callback is None
+
+
+class AlarmClock:
+    """Timers for many agents in one event loop, one loop timer per time slot.
+
+    The loop keeps its timers in a heap, and a process running tens of
+    thousands of agents keeps several alarms per agent there: every timer made
+    or fired then costs a walk down a deep heap. Here, alarms due within the
+    same :data:`ALARM_RESOLUTION` slot share one loop timer, and each rings in
+    the first slot that ends after its time, never before it: a few
+    milliseconds late at most. A cancelled alarm stays in its slot, silent,
+    until the slot comes. A lone agent pays nothing for it.
+    """
+
+    _shared: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AlarmClock]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, *, resolution: float = ALARM_RESOLUTION) -> None:
+        # No reference to the loop: the loop keys the shared clocks weakly.
+        self._resolution = resolution
+        self._slots: dict[int, list[Alarm]] = {}
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> AlarmClock:
+        """The clock every agent in ``loop`` shares."""
+        clock = cls._shared.get(loop)
+        if clock is None:
+            clock = cls._shared[loop] = cls()
+        return clock
+
+    def time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    @property
+    def pending(self) -> int:
+        """Alarms not yet rung or cancelled."""
+        return sum(1 for due in self._slots.values() for a in due if a.callback is not None)
+
+    def at(self, when: float, callback: Callable[..., object], *args: object) -> Alarm:
+        """Call ``callback(*args)`` once the running loop's clock passes ``when``."""
+        slot = int(when / self._resolution) + 1
+        alarm = Alarm(callback, args)
+        due = self._slots.get(slot)
+        if due is None:
+            due = self._slots[slot] = []
+            asyncio.get_running_loop().call_at(slot * self._resolution, self._ring, slot)
+        due.append(alarm)
+        return alarm
+
+    def _ring(self, slot: int) -> None:
+        for alarm in self._slots.pop(slot, ()):
+            callback, args = alarm.callback, alarm.args
+            if callback is None:
+                continue
+            alarm.cancel()
+            try:
+                callback(*args)
+            except Exception as exc:  # one broken callback must not silence the slot
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": "alarm callback failed", "exception": exc}
+                )

@@ -1,12 +1,13 @@
-"""The agent's task helpers: the single-waiter wake-up flag."""
+"""The agent's task helpers: the single-waiter wake-up flag and the shared alarm clock."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
-from edgeagent.tasks import Wakeup
+from edgeagent.tasks import AlarmClock, Wakeup
 
 
 async def test_a_wakeup_set_before_the_wait_returns_at_once_until_cleared() -> None:
@@ -53,3 +54,70 @@ async def test_a_second_waiter_at_the_same_time_is_an_error() -> None:
         await wakeup.wait()
     wakeup.set()
     await first
+
+
+async def test_alarms_ring_slot_by_slot_never_early_and_a_slot_shares_one_loop_timer() -> None:
+    loop = asyncio.get_running_loop()
+    clock = AlarmClock(resolution=0.01)
+    base = (int(loop.time() / 0.01) + 2) * 0.01  # the start of a slot 10-20 ms away
+    rung: list[tuple[str, float]] = []
+
+    def ring(name: str, due: float) -> None:
+        rung.append((name, loop.time() - due))
+
+    clock.at(base + 0.035, ring, "late", base + 0.035)
+    clock.at(base + 0.001, ring, "soon", base + 0.001)
+    timers = len(loop._scheduled)  # type: ignore[attr-defined]
+    clock.at(base + 0.009, ring, "same slot, later", base + 0.009)
+    clock.at(base + 0.002, ring, "same slot, added last", base + 0.002)
+    assert len(loop._scheduled) == timers  # type: ignore[attr-defined]
+    await asyncio.sleep(base + 0.08 - loop.time())
+    assert [name for name, _ in rung] == [
+        "soon",
+        "same slot, later",
+        "same slot, added last",
+        "late",
+    ]
+    assert all(0 <= lateness < 0.05 for _, lateness in rung), rung
+    assert clock.pending == 0
+
+
+async def test_a_cancelled_alarm_stays_silent_and_a_failing_one_spares_the_others() -> None:
+    loop = asyncio.get_running_loop()
+    clock = AlarmClock(resolution=0.01)
+    rung: list[str] = []
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        due = loop.time() + 0.02
+
+        def broken() -> None:
+            raise ValueError("boom")
+
+        cancelled = clock.at(due, rung.append, "cancelled")
+        clock.at(due, broken)
+        clock.at(due, rung.append, "after the broken one")
+        cancelled.cancel()
+        assert cancelled.cancelled()
+        assert clock.pending == 2
+        await asyncio.sleep(0.06)
+    finally:
+        loop.set_exception_handler(None)
+    assert rung == ["after the broken one"]
+    assert [type(c["exception"]) for c in errors] == [ValueError]
+
+
+async def test_every_agent_in_a_loop_shares_one_alarm_clock() -> None:
+    loop = asyncio.get_running_loop()
+    assert AlarmClock.of(loop) is AlarmClock.of(loop)
+
+
+async def test_the_shared_clock_keeps_no_event_loop_alive() -> None:
+    other = asyncio.new_event_loop()
+    try:
+        clock = AlarmClock.of(other)
+    finally:
+        other.close()
+    del other
+    gc.collect()
+    assert clock not in AlarmClock._shared.values()
