@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -37,6 +38,8 @@ from shoal_cli import gcpolicy, logs
 DEFAULT_CLUSTERS = 1000
 DEFAULT_CLASSES = 4
 DEFAULT_TIMEOUT = 300.0
+TIMEOUT_PER_CLUSTER = 0.004  # seconds: registration here runs at 500-800 clusters/s
+AUTO_PROCESSES_FROM = 20_000  # clusters from which the fleet gets a worker process per core
 DEFAULT_WINDOW = 10.0
 DEFAULT_HEARTBEAT_INTERVAL = 0.5
 DEFAULT_BUNDLES = 10
@@ -126,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         description="shoal's scale benchmarks. Each run starts its own nats-server (127.0.0.1, "
         "a free port) and a `shoal server` process, runs N simulated clusters (the real agent "
-        "with the simulated backend) in this process, prints progress on stderr and writes "
+        "with the simulated backend) in this process or in worker processes, prints progress "
+        "on stderr and writes "
         "its figures as JSON under benchmarks/results/. Scenarios: "
         + "; ".join(f"{name}: {text}" for name, (_, text) in SCENARIOS.items()),
     )
@@ -148,10 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout",
         type=float,
-        default=DEFAULT_TIMEOUT,
+        default=None,
         metavar="S",
-        help="seconds any one wait may take before the run gives up "
-        f"(default {DEFAULT_TIMEOUT:.0f})",
+        help="seconds any one wait, registration of the fleet included, may take before the "
+        f"run gives up (default {DEFAULT_TIMEOUT:.0f}, or {TIMEOUT_PER_CLUSTER * 1000:g} ms "
+        "per cluster if that is longer: 400 s at 100,000)",
     )
     parser.add_argument(
         "--window",
@@ -170,19 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--driven-heartbeats",
-        action="store_true",
-        help="heartbeat, rollout with --processes: one task per fleet process paces every "
-        "agent's own heartbeat "
-        "(Reporter.beat, one message per cluster) instead of one timer per agent, so the "
-        "fleet offers more than its timers would allow on this machine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="heartbeat, rollout with more than one process: one task per fleet process paces "
+        "every agent's own heartbeat (Reporter.beat, one message per cluster) instead of one "
+        "timer per agent, so the fleet offers more than its timers would allow on this machine "
+        "(default: on for a rollout over worker processes, off for heartbeat)",
     )
     parser.add_argument(
         "--processes",
         type=int,
-        default=1,
+        default=None,
         metavar="P",
-        help="rollout, heartbeat: spread the simulated fleet over P worker processes (default "
-        "1: the fleet runs in this process and every figure is measured)",
+        help="rollout, heartbeat: spread the simulated fleet over P worker processes (default: "
+        f"1 below {AUTO_PROCESSES_FROM:,} clusters, where the fleet runs in this process and "
+        "every figure is measured; from there, one per CPU, "
+        f"{os.cpu_count() or 1} on this machine)",
     )
     parser.add_argument(
         "--bundles",
@@ -215,10 +223,22 @@ async def _stoppable(run: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]
     return await run
 
 
+def resolve_defaults(args: argparse.Namespace) -> None:
+    """Fill in the defaults that depend on the run: the fleet's size and the machine."""
+    if args.timeout is None:
+        args.timeout = max(DEFAULT_TIMEOUT, TIMEOUT_PER_CLUSTER * args.clusters)
+    if args.processes is None:
+        large = args.clusters >= AUTO_PROCESSES_FROM
+        args.processes = max(1, os.cpu_count() or 1) if large else 1
+    if args.driven_heartbeats is None:
+        args.driven_heartbeats = args.scenario == "rollout" and args.processes > 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.clusters < 1 or args.classes < 1 or args.timeout <= 0:
-        print("--clusters, --classes and --timeout must be positive", file=sys.stderr)
+    resolve_defaults(args)
+    if args.clusters < 1 or args.classes < 1 or args.timeout <= 0 or args.processes < 1:
+        print("--clusters, --classes, --timeout and --processes must be positive", file=sys.stderr)
         return 2
     gcpolicy.tune(fleet=True)  # scenarios run simulated fleets in this process
     logs.configure(HARNESS_LOG_LEVEL)
@@ -233,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     result["command"] = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
     result["started_at"] = started_at
+    result["timeout_seconds"] = args.timeout
     result["wall_seconds"] = round(time.monotonic() - started, 1)
     result["machine"] = harness.machine_facts()
     result["ok"] = not result.get("errors")

@@ -1,0 +1,51 @@
+"""``python -m benchmarks``: the defaults that depend on the fleet's size and the machine."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from benchmarks.__main__ import build_parser, main, resolve_defaults
+
+
+def parsed(*argv: str) -> dict[str, object]:
+    args = build_parser().parse_args(argv)
+    resolve_defaults(args)
+    return {"processes": args.processes, "driven": args.driven_heartbeats, "timeout": args.timeout}
+
+
+def test_a_large_rollout_gets_a_worker_per_cpu_driven_heartbeats_and_time_to_register() -> None:
+    assert parsed("rollout", "--clusters", "100000") == {
+        "processes": os.cpu_count() or 1,
+        "driven": (os.cpu_count() or 1) > 1,
+        "timeout": 400.0,
+    }
+
+
+def test_a_small_rollout_runs_the_fleet_in_the_harness_process() -> None:
+    assert parsed("rollout", "--clusters", "10000") == {
+        "processes": 1,
+        "driven": False,
+        "timeout": 300.0,
+    }
+
+
+def test_what_the_command_line_says_wins_over_the_defaults() -> None:
+    assert parsed(
+        "rollout",
+        "--clusters",
+        "100000",
+        "--processes",
+        "3",
+        "--no-driven-heartbeats",
+        "--timeout",
+        "30",
+    ) == {"processes": 3, "driven": False, "timeout": 30.0}
+    # heartbeat measures what the agents' own timers offer unless asked otherwise
+    assert parsed("heartbeat", "--clusters", "30000", "--processes", "2")["driven"] is False
+
+
+def test_a_non_positive_process_count_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rollout", "--processes", "0"]) == 2
+    assert "--processes" in capsys.readouterr().err
