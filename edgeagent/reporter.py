@@ -199,6 +199,7 @@ class Reporter:
             self._alarm, self._reporting, self._timers = None, False, None
 
     async def run_heartbeats(self) -> None:
+        clock = AlarmClock.of(asyncio.get_running_loop())
         while True:
-            await asyncio.sleep(self._settings.heartbeat_interval)
+            await clock.sleep(self._settings.heartbeat_interval)
             await self.beat()

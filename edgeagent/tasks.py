@@ -132,6 +132,11 @@ class Alarm:
         return self.callback is None
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class AlarmClock:
     """Timers for many agents in one event loop, one loop timer per time slot.
 
@@ -179,6 +184,16 @@ class AlarmClock:
             asyncio.get_running_loop().call_at(slot * self._resolution, self._ring, slot)
         due.append(alarm)
         return alarm
+
+    async def sleep(self, delay: float) -> None:
+        """``asyncio.sleep(delay)``, on this clock."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        alarm = self.at(loop.time() + delay, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            alarm.cancel()
 
     def _ring(self, slot: int) -> None:
         for alarm in self._slots.pop(slot, ()):

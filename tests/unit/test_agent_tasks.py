@@ -121,3 +121,20 @@ async def test_the_shared_clock_keeps_no_event_loop_alive() -> None:
     del other
     gc.collect()
     assert clock not in AlarmClock._shared.values()
+
+
+async def test_a_sleep_on_the_clock_wakes_after_its_delay_and_a_cancelled_one_leaves_nothing() -> (
+    None
+):
+    loop = asyncio.get_running_loop()
+    clock = AlarmClock(resolution=0.01)
+    start = loop.time()
+    await clock.sleep(0.03)
+    assert 0.03 <= loop.time() - start < 0.1
+    sleeper = asyncio.create_task(clock.sleep(10))
+    await asyncio.sleep(0)
+    assert clock.pending == 1
+    sleeper.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sleeper
+    assert clock.pending == 0
