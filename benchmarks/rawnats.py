@@ -15,8 +15,10 @@ messages as the rollout did, in the same shape, with bare nats-py:
   own connection, with core NATS: as many in total as the rollout's agents
   sent status reports during it (at least one each; an agent typically
   reports twice, NotReady then Ready), spread evenly;
-* one subscriber (the "control plane") counts them; the clock stops at the
-  last.
+* one subscriber (the "control plane") counts them, a queue group over one
+  connection per 100,000 replies so nats-server never drops it as a slow
+  consumer; the clock stops at the last. A connection lost on the way, or
+  replies missing at ``--timeout``, is an error in the result, not a figure.
 
 So the reference is "fan K messages out to N subscribers and collect the
 rollout's number of status-sized replies at one subscriber". It leaves out everything that is
@@ -39,6 +41,13 @@ from nats.aio.msg import Msg
 
 RAW_PREFIX = "bench.raw"
 MIN_PAYLOAD = 1
+# Replies one collecting connection takes: nats-server closes a client that falls
+# 64 MiB behind (a slow consumer), and at 300,000 clusters one collector did.
+SINK_REPLIES_PER_CONNECTION = 100_000
+
+
+class RawNatsError(Exception):
+    """The reference could not be measured: a connection was lost, or replies were missing."""
 
 
 async def raw_nats_seconds(
@@ -52,16 +61,39 @@ async def raw_nats_seconds(
     status_count: int,
     timeout: float,
 ) -> float:
-    """Seconds from the first of K fan-out publishes to the last status-sized reply."""
+    """Seconds from the first of K fan-out publishes to the last status-sized reply.
+
+    :class:`RawNatsError` if nats-server closed a connection (every reply after
+    that is lost) or the replies did not all arrive within ``timeout``.
+    """
     replies_each, extra = divmod(max(status_count, clusters), clusters)
     expected = replies_each * clusters + extra
+    sinks = -(-expected // SINK_REPLIES_PER_CONNECTION)
     conns: list[Client] = []
+    received = 0
+    done = asyncio.Event()
+    lost: list[str] = []
+
+    async def disconnected() -> None:
+        lost.append("a connection was closed")
+        done.set()
+
+    async def error(exc: Exception) -> None:
+        lost.append(f"{type(exc).__name__}: {exc}".rstrip(": "))
+        done.set()
+
     try:
-        for _ in range(max(1, connections) + 2):
-            conns.append(await nats.connect(servers=[url], name="shoal-bench-raw"))
-        publisher, sink, *fleet = conns
-        received = 0
-        done = asyncio.Event()
+        for _ in range(max(1, connections) + 1 + sinks):
+            conns.append(
+                await nats.connect(
+                    servers=[url],
+                    name="shoal-bench-raw",
+                    allow_reconnect=False,
+                    disconnected_cb=disconnected,
+                    error_cb=error,
+                )
+            )
+        publisher, collectors, fleet = conns[0], conns[1 : 1 + sinks], conns[1 + sinks :]
 
         async def collect(msg: Msg) -> None:
             nonlocal received
@@ -69,7 +101,8 @@ async def raw_nats_seconds(
             if received >= expected:
                 done.set()
 
-        await sink.subscribe(f"{RAW_PREFIX}.status.>", cb=collect)
+        for sink in collectors:  # a queue group: each reply reaches one of them
+            await sink.subscribe(f"{RAW_PREFIX}.status.>", queue="sink", cb=collect)
         status_payload = b"s" * max(MIN_PAYLOAD, status_size)
 
         def replier(nc: Client, index: int) -> Callable[[Msg], Awaitable[None]]:
@@ -92,8 +125,16 @@ async def raw_nats_seconds(
         for k in range(classes):
             await publisher.publish(f"{RAW_PREFIX}.desired.{k}", desired_payload)
         await publisher.flush()
-        await asyncio.wait_for(done.wait(), timeout)
-        return time.perf_counter() - started
+        try:
+            await asyncio.wait_for(done.wait(), timeout)
+        except TimeoutError:
+            raise RawNatsError(
+                f"{received} of {expected} replies arrived within {timeout:g} s"
+            ) from None
+        seconds = time.perf_counter() - started
+        if lost:
+            raise RawNatsError(f"{lost[0]} at {received} of {expected} replies")
+        return seconds
     finally:
         for nc in conns:
             with contextlib.suppress(Exception):
