@@ -21,6 +21,7 @@ from protocol.messages import StatusReport
 from protocol.states import State
 
 Desired = Mapping[tuple[str, str], Resolved]
+INTERN_SWEEP_FROM = 4096  # interned statuses held before the first sweep
 
 
 class StatusBook:
@@ -28,11 +29,29 @@ class StatusBook:
         # bundle -> (class ID, deployment ID, state) -> online clusters
         self.counts: dict[str, Counter[tuple[str, str, State]]] = {}
         # One shared tuple per (bundle, deployment, state): records point at these.
-        # Grows with deployments ever reported (bundles x deployments x states).
         self._interned: dict[Reported, Reported] = {}
+        self._sweep_at = INTERN_SWEEP_FROM
 
     def _intern(self, value: Reported) -> Reported:
-        return self._interned.setdefault(value, value)
+        found = self._interned.get(value)
+        if found is None:
+            if len(self._interned) >= self._sweep_at:
+                self._sweep()
+            found = self._interned[value] = value
+        return found
+
+    def _sweep(self) -> None:
+        """Forget the interned statuses no online cluster reports any more.
+
+        Every deployment ever rolled out leaves its states here: a control
+        plane that runs for months would keep them all. What an offline
+        cluster still holds stays valid (tuples compare by value); only the
+        sharing is lost for it. The next sweep waits until the table has
+        doubled, so interning stays O(1) over time.
+        """
+        live = {(b, d, s) for b, counter in self.counts.items() for (_, d, s) in counter}
+        self._interned = {key: key for key in self._interned if key in live}
+        self._sweep_at = max(INTERN_SWEEP_FROM, 2 * len(self._interned))
 
     def _add(self, record: ClusterRecord, sign: int, class_id: str | None = None) -> None:
         label_class = record.class_id if class_id is None else class_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from controlplane.registry import Registry, StoredCluster
-from controlplane.status import Liveness, StatusBook, summarise
+from controlplane.status import INTERN_SWEEP_FROM, Liveness, StatusBook, summarise
 from controlplane.targeting import Resolved
 from protocol.classes import schema_from_selectors
 from protocol.messages import BundleStatus, StatusReport
@@ -141,3 +141,18 @@ def test_counts_always_equal_a_recount_of_what_each_cluster_reported_last() -> N
                 per_bundle[key] = per_bundle.get(key, 0) + 1
         counted = {bundle: dict(c) for bundle, c in book.counts.items() if c}
         assert counted == recount, f"after step {seq}"
+
+
+def test_statuses_of_deployments_no_cluster_runs_any_more_are_not_kept_forever() -> None:
+    registry = registry_with(("x", {"env": "a"}), ("y", {"env": "b"}))
+    x, y = registry.clusters["x"], registry.clusters["y"]
+    book = StatusBook()
+    book.apply_report(y, report(("db", "kept", State.READY)), seq=1)
+    for n in range(3 * INTERN_SWEEP_FROM):  # a long life of rollouts on x
+        book.apply_report(x, report(("web", f"d{n}", State.READY)), seq=n + 2)
+
+    assert len(book._interned) <= INTERN_SWEEP_FROM
+    assert ("db", "kept", State.READY) in book._interned
+    last = f"d{3 * INTERN_SWEEP_FROM - 1}"
+    assert book.counts["web"] == {(x.class_id, last, State.READY): 1}
+    assert book.counts["db"] == {(y.class_id, "kept", State.READY): 1}
