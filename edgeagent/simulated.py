@@ -50,7 +50,8 @@ class SimulatedCluster:
         self.readiness_delay = readiness_delay
         self.failure_rate = failure_rate
         self.drift_rate = drift_rate
-        self._rng = random.Random(seed)
+        self._seed = seed
+        self._random: random.Random | None = None  # made on first use: 2.5 KB per cluster
         self._clock = clock or time.monotonic
         self._held: dict[str, _Held] = {}
         # ConfigMaps and Secrets put on the cluster by hand: (kind, namespace, name) -> data
@@ -67,6 +68,12 @@ class SimulatedCluster:
             seed=settings.sim_seed if seed is None else seed,
         )
 
+    def _rng(self) -> random.Random:
+        """The cluster's own random source; a fleet that never fails or drifts makes none."""
+        if self._random is None:
+            self._random = random.Random(self._seed)
+        return self._random
+
     # --- ClusterBackend -----------------------------------------------------
 
     async def apply(self, deployment: Deployment) -> None:
@@ -74,7 +81,7 @@ class SimulatedCluster:
         if self.fail_next is not None:
             message, self.fail_next = self.fail_next, None
             raise ApplyError(message)
-        if self.failure_rate and self._rng.random() < self.failure_rate:
+        if self.failure_rate and self._rng().random() < self.failure_rate:
             first = deployment.objects[0] if deployment.objects else None
             conditions = (condition_of(first, "simulated failure"),) if first else ()
             raise ApplyError("simulated apply failure", conditions=conditions)
@@ -98,7 +105,7 @@ class SimulatedCluster:
                 state=State.MODIFIED,
                 modified=tuple(condition_of(o, "missing") for o in deployment.objects),
             )
-        if self.drift_rate and not held.drifted and self._rng.random() < self.drift_rate:
+        if self.drift_rate and not held.drifted and self._rng().random() < self.drift_rate:
             self._drift(held, None, None, delete=False)
         if held.drifted:
             return Observation(
