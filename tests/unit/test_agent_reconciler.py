@@ -10,6 +10,7 @@ import pytest
 
 from edgeagent.backend import Capabilities, Deployment, Observation
 from edgeagent.blobs import Blobs
+from edgeagent.errors import ApplyError
 from edgeagent.membus import MemoryBus
 from edgeagent.reconciler import Reconciler
 from edgeagent.settings import AgentSettings
@@ -211,11 +212,23 @@ async def test_prunes_bundles_the_cluster_holds_but_nobody_wants() -> None:
 
 
 async def test_random_failures_are_reproducible() -> None:
-    def run() -> list[bool]:
-        cluster = SimulatedCluster(failure_rate=0.5, seed=42)
-        return [cluster._rng.random() < 0.5 for _ in range(20)]
+    async def run(seed: int) -> list[bool]:
+        cluster = SimulatedCluster(failure_rate=0.5, seed=seed)
+        deployment = Deployment("app", "s-x:y", DeploymentOptions(), ())
+        failed = []
+        for _ in range(40):
+            try:
+                await cluster.apply(deployment)
+            except ApplyError:
+                failed.append(True)
+            else:
+                failed.append(False)
+        return failed
 
-    assert run() == run()
+    first = await run(42)
+    assert first == await run(42)
+    assert 0 < sum(first) < 40  # about half fail
+    assert first != await run(43)
 
 
 async def test_a_bundle_waits_for_its_dependencies_to_be_ready(world: World) -> None:
