@@ -329,6 +329,8 @@ class Reconciler:
             elif needs_apply and (waiting := self._unready_dependencies(desired)):
                 record.waiting = True
                 message = f"waiting for {', '.join(waiting)} to be Ready"
+                if cycle := self._dependency_cycle(desired.bundle):
+                    message += f" (a dependsOn cycle: {' -> '.join(cycle)})"
                 self._set(record, State.WAIT_APPLIED, message=message)
                 record.due = self._now() + self.settings.observe_interval_not_ready
             elif needs_apply:
@@ -364,6 +366,32 @@ class Reconciler:
         holds, if paused): an older deployment's Ready does not count.
         """
         return [name for name in desired.depends_on if not self._ready_here(name)]
+
+    def _dependency_cycle(self, start: str) -> list[str]:
+        """A dependsOn path from ``start`` back to itself among the desired bundles, if any.
+
+        Such bundles wait for each other forever; the status says so, so that
+        the bundles' authors see why, rather than only what each waits for.
+        """
+        path: list[str] = [start]
+        seen: set[str] = set()
+
+        def visit(name: str) -> bool:
+            record = self._records.get(name)
+            for dependency in record.desired.depends_on if record is not None else ():
+                if dependency == start:
+                    path.append(start)
+                    return True
+                if dependency in seen:
+                    continue
+                seen.add(dependency)
+                path.append(dependency)
+                if visit(dependency):
+                    return True
+                path.pop()
+            return False
+
+        return path if visit(start) else []
 
     def _ready_here(self, name: str) -> bool:
         record = self._records.get(name)

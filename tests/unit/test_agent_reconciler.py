@@ -246,6 +246,22 @@ async def test_a_bundle_waits_for_its_dependencies_to_be_ready(world: World) -> 
     await world.state("app", State.READY)
 
 
+async def test_bundles_that_depend_on_each_other_say_so(world: World) -> None:
+    world.bundle("app", {"cm.yaml": configmap("a")}, depends_on=("db",))
+    world.bundle("db", {"cm.yaml": configmap("d")}, depends_on=("cache",))
+    world.bundle("cache", {"cm.yaml": configmap("c")}, depends_on=("app",))
+    await world.until(lambda: (s := world.status("cache")) is not None and bool(s.message))
+    status = world.status("app")
+    assert status is not None and status.state == State.WAIT_APPLIED
+    assert status.message == (
+        "waiting for db to be Ready (a dependsOn cycle: app -> db -> cache -> app)"
+    )
+    # Broken at one place, the chain unwinds.
+    world.bundle("cache", {"cm.yaml": configmap("c")})
+    await world.state("app", State.READY)
+    await world.state("db", State.READY)
+
+
 async def test_a_paused_bundle_keeps_what_it_holds_until_resumed(world: World) -> None:
     first = world.bundle("app", {"cm.yaml": configmap("a")})
     await world.state("app", State.READY)
