@@ -35,7 +35,7 @@ from protocol.models import BundleResource, BundleSpec, BundleTarget
 from protocol.selectors import LabelSelector, parse_selector
 from protocol.states import State
 from shoal_cli.client import AdminClient
-from shoal_cli.errors import CliError
+from shoal_cli.errors import CliError, ControlPlaneTimeout
 
 LOCALHOST = "127.0.0.1"
 CP_LOG_LEVEL = "warning"
@@ -168,6 +168,9 @@ async def wait_ready(
 ) -> tuple[int, float]:
     """Poll the control plane until ``want`` clusters are Ready: (ready, seconds).
 
+    A read the control plane does not answer in time is asked again, until
+    ``timeout``: under load it answers late, and the run is not over for that.
+
     ``by_second``, if given, gets the count the control plane answered last in
     each whole second of the wait (its view, to set beside the bus's).
     """
@@ -176,7 +179,13 @@ async def wait_ready(
     ready = 0
     last_said = started
     while True:
-        ready = await ready_count(client, bundle)
+        try:
+            ready = await ready_count(client, bundle)
+        except ControlPlaneTimeout as exc:  # busy: its answer may come next time
+            if time.monotonic() >= deadline:
+                break
+            say(f"{label}: {exc}; asking again")
+            continue
         now = time.monotonic()
         if by_second is not None:
             second = int(now - started)

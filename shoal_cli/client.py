@@ -19,7 +19,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundErr
 from protocol import codec, subjects
 from protocol.errors import DecodeError
 from protocol.messages import ErrorReply, WireMessage
-from shoal_cli.errors import CliError
+from shoal_cli.errors import CliError, ControlPlaneTimeout
 
 R = TypeVar("R", bound=WireMessage)
 
@@ -79,7 +79,7 @@ class AdminClient:
                 "serves the admin API: is `shoal server` running against it?)"
             ) from exc
         except (TimeoutError, NatsTimeoutError) as exc:
-            raise CliError(
+            raise ControlPlaneTimeout(
                 f"the control plane at {self.url} did not answer within {self._timeout:.0f} s"
             ) from exc
         try:

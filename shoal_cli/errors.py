@@ -2,8 +2,9 @@
 
 ::
 
-    CliError            exit 1: the request was refused or failed
-    └── UsageError      exit 2: the command line itself is wrong
+    CliError                exit 1: the request was refused or failed
+    ├── ControlPlaneTimeout exit 1: no answer in time (asking again may work)
+    └── UsageError          exit 2: the command line itself is wrong
 """
 
 from __future__ import annotations
@@ -15,3 +16,7 @@ class CliError(Exception):
 
 class UsageError(CliError):
     exit_code = 2
+
+
+class ControlPlaneTimeout(CliError):
+    """The control plane did not answer in time: busy or gone, not a refusal."""
