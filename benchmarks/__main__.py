@@ -56,8 +56,14 @@ async def _rollout(args: argparse.Namespace) -> dict[str, Any]:
             processes=args.processes,
             timeout=args.timeout,
             driven=args.driven_heartbeats,
+            heartbeat_interval=args.heartbeat_interval,
         )
-    return await rollout.run(clusters=args.clusters, classes=args.classes, timeout=args.timeout)
+    return await rollout.run(
+        clusters=args.clusters,
+        classes=args.classes,
+        timeout=args.timeout,
+        heartbeat_interval=args.heartbeat_interval,
+    )
 
 
 async def _failover(args: argparse.Namespace) -> dict[str, Any]:
@@ -168,10 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--heartbeat-interval",
         type=float,
-        default=DEFAULT_HEARTBEAT_INTERVAL,
+        default=None,
         metavar="S",
-        help="heartbeat: seconds between one cluster's heartbeats "
-        f"(default {DEFAULT_HEARTBEAT_INTERVAL})",
+        help="heartbeat, rollout: seconds between one cluster's heartbeats (default "
+        f"{DEFAULT_HEARTBEAT_INTERVAL} for heartbeat; "
+        f"{rollout.FLEET_SETTINGS.heartbeat_interval:g} for rollout, the agent's own default)",
     )
     parser.add_argument(
         "--driven-heartbeats",
@@ -232,13 +239,20 @@ def resolve_defaults(args: argparse.Namespace) -> None:
         args.processes = max(1, os.cpu_count() or 1) if large else 1
     if args.driven_heartbeats is None:
         args.driven_heartbeats = args.scenario == "rollout" and args.processes > 1
+    if args.heartbeat_interval is None and args.scenario == "heartbeat":
+        args.heartbeat_interval = DEFAULT_HEARTBEAT_INTERVAL
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     resolve_defaults(args)
-    if args.clusters < 1 or args.classes < 1 or args.timeout <= 0 or args.processes < 1:
-        print("--clusters, --classes, --timeout and --processes must be positive", file=sys.stderr)
+    positive = (args.clusters, args.classes, args.timeout, args.processes)
+    if min(positive) <= 0 or (args.heartbeat_interval is not None and args.heartbeat_interval <= 0):
+        print(
+            "--clusters, --classes, --timeout, --processes and --heartbeat-interval must be "
+            "positive",
+            file=sys.stderr,
+        )
         return 2
     gcpolicy.tune(fleet=True)  # scenarios run simulated fleets in this process
     logs.configure(HARNESS_LOG_LEVEL)

@@ -42,6 +42,7 @@ from benchmarks.rollout import (
     ROLLOUT_BUNDLE,
     RSS_SETTLE_SECONDS,
     counted,
+    fleet_settings,
     raw_reference,
     registration_timed_out,
     rollout_ready,
@@ -163,7 +164,13 @@ async def blobs_downloaded(workers: list[asyncio.subprocess.Process]) -> tuple[i
 
 
 async def run(
-    *, clusters: int, classes: int, processes: int, timeout: float, driven: bool = False
+    *,
+    clusters: int,
+    classes: int,
+    processes: int,
+    timeout: float,
+    driven: bool = False,
+    heartbeat_interval: float | None = None,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {
         "scenario": "rollout",
@@ -172,6 +179,7 @@ async def run(
         "processes": processes,
         "connections": processes * CONNECTIONS_PER_WORKER,
         "driven_heartbeats": driven,
+        "heartbeat_interval": fleet_settings(heartbeat_interval).heartbeat_interval,
         "ready": 0,
         "errors": [],
         "not_measured": ["ablation"],
@@ -192,6 +200,7 @@ async def run(
                 clusters=clusters,
                 classes=classes,
                 processes=processes,
+                heartbeat_interval=heartbeat_interval,
                 driven_heartbeats=driven,
             )
             try:

@@ -100,14 +100,24 @@ def connections_for(clusters: int) -> int:
     return max(1, min(MAX_CONNECTIONS, clusters // AGENTS_PER_CONNECTION + 1))
 
 
-async def run(*, clusters: int, classes: int, timeout: float) -> dict[str, Any]:
+def fleet_settings(heartbeat_interval: float | None) -> AgentSettings:
+    """The rollout's agent settings, with another heartbeat interval if one is given."""
+    if heartbeat_interval is None:
+        return FLEET_SETTINGS
+    return FLEET_SETTINGS.model_copy(update={"heartbeat_interval": heartbeat_interval})
+
+
+async def run(
+    *, clusters: int, classes: int, timeout: float, heartbeat_interval: float | None = None
+) -> dict[str, Any]:
+    settings = fleet_settings(heartbeat_interval)
     result: dict[str, Any] = {
         "scenario": "rollout",
         "clusters": clusters,
         "classes": classes,
         "ready": 0,
         "errors": [],
-        "settings": FLEET_SETTINGS.model_dump(
+        "settings": settings.model_dump(
             include={
                 "status_interval",
                 "heartbeat_interval",
@@ -125,7 +135,7 @@ async def run(*, clusters: int, classes: int, timeout: float) -> dict[str, Any]:
         fleet = SimulatedFleet(
             count=clusters,
             token=token,
-            settings=FLEET_SETTINGS,
+            settings=settings,
             url=bench.url,
             connections=connections,
             labels_for=h.class_labels(classes),

@@ -29,7 +29,7 @@ import logging
 import sys
 
 from benchmarks import harness as h
-from benchmarks.rollout import FLEET_SETTINGS, CountingBlobCache
+from benchmarks.rollout import CountingBlobCache, fleet_settings
 from benchmarks.taps import class_members, stuck_agents
 from edgeagent.simfleet import SimulatedFleet, sim_name
 from shoal_cli import gcpolicy, logs
@@ -54,9 +54,7 @@ def answer(command: str, fleet: SimulatedFleet, blobs: CountingBlobCache) -> str
 
 async def run(args: argparse.Namespace) -> None:
     labels = h.class_labels(args.classes)
-    settings = FLEET_SETTINGS
-    if args.heartbeat_interval is not None:
-        settings = settings.model_copy(update={"heartbeat_interval": args.heartbeat_interval})
+    settings = fleet_settings(args.heartbeat_interval)
     fleet = SimulatedFleet(
         count=args.count,
         token=args.token,

@@ -12,7 +12,12 @@ from benchmarks.__main__ import build_parser, main, resolve_defaults
 def parsed(*argv: str) -> dict[str, object]:
     args = build_parser().parse_args(argv)
     resolve_defaults(args)
-    return {"processes": args.processes, "driven": args.driven_heartbeats, "timeout": args.timeout}
+    return {
+        "processes": args.processes,
+        "driven": args.driven_heartbeats,
+        "timeout": args.timeout,
+        "heartbeat_interval": args.heartbeat_interval,
+    }
 
 
 def test_a_large_rollout_gets_a_worker_per_cpu_driven_heartbeats_and_time_to_register() -> None:
@@ -20,6 +25,7 @@ def test_a_large_rollout_gets_a_worker_per_cpu_driven_heartbeats_and_time_to_reg
         "processes": os.cpu_count() or 1,
         "driven": (os.cpu_count() or 1) > 1,
         "timeout": 400.0,
+        "heartbeat_interval": None,  # the rollout's agents keep their own
     }
 
 
@@ -28,6 +34,7 @@ def test_a_small_rollout_runs_the_fleet_in_the_harness_process() -> None:
         "processes": 1,
         "driven": False,
         "timeout": 300.0,
+        "heartbeat_interval": None,
     }
 
 
@@ -41,11 +48,16 @@ def test_what_the_command_line_says_wins_over_the_defaults() -> None:
         "--no-driven-heartbeats",
         "--timeout",
         "30",
-    ) == {"processes": 3, "driven": False, "timeout": 30.0}
+        "--heartbeat-interval",
+        "15",
+    ) == {"processes": 3, "driven": False, "timeout": 30.0, "heartbeat_interval": 15.0}
     # heartbeat measures what the agents' own timers offer unless asked otherwise
-    assert parsed("heartbeat", "--clusters", "30000", "--processes", "2")["driven"] is False
+    heartbeat = parsed("heartbeat", "--clusters", "30000", "--processes", "2")
+    assert heartbeat["driven"] is False
+    assert heartbeat["heartbeat_interval"] == 0.5
 
 
-def test_a_non_positive_process_count_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+def test_non_positive_counts_and_intervals_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rollout", "--processes", "0"]) == 2
+    assert main(["rollout", "--heartbeat-interval", "0"]) == 2
     assert "--processes" in capsys.readouterr().err
