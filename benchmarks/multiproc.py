@@ -41,6 +41,7 @@ from benchmarks.rollout import (
     BASE_BUNDLE,
     ROLLOUT_BUNDLE,
     RSS_SETTLE_SECONDS,
+    control_plane_env,
     counted,
     fleet_settings,
     raw_reference,
@@ -185,7 +186,8 @@ async def run(
         "not_measured": ["ablation"],
     }
     workers: list[asyncio.subprocess.Process] = []
-    async with h.Bench() as bench, bench.client() as client:
+    env = control_plane_env(heartbeat_interval)
+    async with h.Bench(cp_env=env) as bench, bench.client() as client:
         assert bench.cp is not None
         token = await bench.token(client)
         await h.apply_bundle(client, BASE_BUNDLE, "0", selector=h.class_selector(classes))

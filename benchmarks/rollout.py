@@ -71,6 +71,7 @@ RSS_SETTLE_SECONDS = 1.0
 # and sends nothing while nothing drifted; at the default 30 s, 100,000 simulated
 # clusters would make 3,300 such looks a second on this machine's two cores,
 # taken from the rollout being measured. Here it is every 10 minutes.
+MISSED_HEARTBEATS = 4  # the control plane's default timeout over the agents' default interval
 FLEET_SETTINGS = AgentSettings(
     status_interval=0.25,
     heartbeat_interval=5.0,
@@ -107,6 +108,17 @@ def fleet_settings(heartbeat_interval: float | None) -> AgentSettings:
     return FLEET_SETTINGS.model_copy(update={"heartbeat_interval": heartbeat_interval})
 
 
+def control_plane_env(heartbeat_interval: float | None) -> dict[str, str]:
+    """The control plane's environment: Offline after four missed heartbeats, as by default.
+
+    Its default (20 s) is four of the agents' default 5 s: agents that beat
+    less often would otherwise go Offline between two of their heartbeats.
+    """
+    if heartbeat_interval is None:
+        return {}
+    return {"SHOAL_HEARTBEAT_TIMEOUT": f"{MISSED_HEARTBEATS * heartbeat_interval:g}"}
+
+
 async def run(
     *, clusters: int, classes: int, timeout: float, heartbeat_interval: float | None = None
 ) -> dict[str, Any]:
@@ -126,7 +138,8 @@ async def run(
             }
         ),
     }
-    async with h.Bench() as bench, bench.client() as client:
+    env = control_plane_env(heartbeat_interval)
+    async with h.Bench(cp_env=env) as bench, bench.client() as client:
         assert bench.cp is not None
         token = await bench.token(client)
         await h.apply_bundle(client, BASE_BUNDLE, "0", selector=h.class_selector(classes))

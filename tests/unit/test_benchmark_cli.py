@@ -7,6 +7,7 @@ import os
 import pytest
 
 from benchmarks.__main__ import build_parser, main, resolve_defaults
+from benchmarks.rollout import control_plane_env
 
 
 def parsed(*argv: str) -> dict[str, object]:
@@ -61,3 +62,8 @@ def test_non_positive_counts_and_intervals_are_refused(capsys: pytest.CaptureFix
     assert main(["rollout", "--processes", "0"]) == 2
     assert main(["rollout", "--heartbeat-interval", "0"]) == 2
     assert "--processes" in capsys.readouterr().err
+
+
+def test_agents_that_beat_less_often_are_given_as_long_before_they_are_offline() -> None:
+    assert control_plane_env(None) == {}  # the defaults agree: 4 x 5 s = 20 s
+    assert control_plane_env(15) == {"SHOAL_HEARTBEAT_TIMEOUT": "60"}
